@@ -1,0 +1,259 @@
+"""Readers for eval datasets stored as WebDataset shards.
+
+CLIP_benchmark layout (``clip_benchmark/datasets/builder.py``, ``build_wds_dataset``)::
+
+    DIR/classnames.txt                          one class per line (stripped, blank lines dropped)
+    DIR/zeroshot_classification_templates.txt   one template per line with ``{c}``
+    DIR/dataset_type.txt                        optional; "retrieval" or (default) "classification"
+    DIR/test/nshards.txt                        mandatory; shards are DIR/test/{0..n-1}.tar
+    samples: key.{webp|png|jpg|jpeg} (first present, in that order, decoded to RGB)
+             + key.cls (class index as text) or key.txt (captions, ``str.splitlines``)
+
+Our compositional set: DIR/test/nshards.txt, DIR/test/N.tar, samples key.jpg + key.json =
+``{"caption": str, "negatives": [str], "negative_types": [str]}``.
+
+Readers never raise on a bad sample: they yield a :class:`Skipped` marker (counted and reported
+by the task) for an undecodable image, a missing or malformed field, or an unreadable tar.
+A missing metadata file or shard is a configuration error and raises at construction.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import torch
+import webdataset as wds
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS: tuple[str, ...] = ("webp", "png", "jpg", "jpeg")
+Transform = Callable[[Image.Image], Any]
+
+
+class Skipped(NamedTuple):
+    """A sample (or a whole unreadable tar) that was dropped, and why."""
+
+    key: str
+    reason: str
+
+
+class ClassificationRecord(NamedTuple):
+    key: str
+    image: Any  # transformed image (PIL image when no transform)
+    label: int
+
+
+class RetrievalRecord(NamedTuple):
+    key: str
+    image: Any
+    captions: list[str]
+
+
+class CompositionalRecord(NamedTuple):
+    key: str
+    image: Any
+    caption: str
+    negatives: list[str]
+    negative_types: list[str]
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """Stripped, non-empty lines of a UTF-8 text file (FileNotFoundError names the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing dataset file: {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def shard_urls(root: str | os.PathLike[str], split: str = "test") -> list[str]:
+    """Paths of ``root/split/{0..n-1}.tar`` from ``nshards.txt``; every shard must exist."""
+    split_dir = Path(root) / split
+    nshards_file = split_dir / "nshards.txt"
+    if not nshards_file.is_file():
+        raise FileNotFoundError(f"missing {nshards_file} (CLIP_benchmark webdataset layout needs it)")
+    text = nshards_file.read_text().strip()
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{nshards_file} must hold one integer, got {text!r}") from None
+    urls = [str(split_dir / f"{i}.tar") for i in range(n)]
+    missing = [u for u in urls if not os.path.isfile(u)]
+    if missing:
+        raise FileNotFoundError(f"{nshards_file} says {n} shards but {missing[0]} is missing")
+    return urls
+
+
+def dataset_type(root: str | os.PathLike[str]) -> str:
+    """``dataset_type.txt`` contents, lower-cased; "classification" when the file is absent."""
+    path = Path(root) / "dataset_type.txt"
+    return path.read_text().strip().lower() if path.is_file() else "classification"
+
+
+def _no_node_split(urls: Any) -> Any:
+    """Every rank reads every shard (eval runs whole datasets; picklable for workers)."""
+    return urls
+
+
+def decode_image(sample: dict[str, Any]) -> Image.Image:
+    """First image field present (webp, png, jpg, jpeg) decoded to an RGB PIL image."""
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            with io.BytesIO(sample[ext]) as stream:
+                image = Image.open(stream)
+                image.load()
+                return image.convert("RGB")
+    raise KeyError(f"no image field (one of {', '.join(IMAGE_EXTS)})")
+
+
+def _text(sample: dict[str, Any], field: str) -> str:
+    if field not in sample:
+        raise KeyError(f"missing field .{field}")
+    value = sample[field]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class ShardReader(torch.utils.data.IterableDataset):
+    """Iterate samples of ``root/split`` shards in order; yields records or :class:`Skipped`."""
+
+    def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None, split: str = "test"):
+        super().__init__()
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.urls = shard_urls(self.root, split)
+
+    @property
+    def name(self) -> str:
+        """Dataset name: the directory's base name."""
+        return self.root.resolve().name
+
+    def parse(self, sample: dict[str, Any]) -> Any:
+        """Turn one raw sample (field -> bytes) into a record; raise on anything malformed."""
+        raise NotImplementedError
+
+    def image(self, sample: dict[str, Any]) -> Any:
+        image = decode_image(sample)
+        return self.transform(image) if self.transform is not None else image
+
+    def __iter__(self) -> Iterator[Any]:
+        errors: list[Skipped] = []
+
+        def on_error(exn: Exception) -> bool:
+            errors.append(Skipped(key="<shard>", reason=f"unreadable tar data: {exn!r}"))
+            return True  # keep going with the next shard
+
+        raw = wds.WebDataset(
+            self.urls,
+            handler=on_error,
+            shardshuffle=False,
+            nodesplitter=_no_node_split,
+            empty_check=False,
+        )
+        for sample in raw:
+            yield from errors
+            errors.clear()
+            key = str(sample.get("__key__", "?"))
+            try:
+                yield self.parse(sample)
+            except Exception as exn:  # noqa: BLE001 - a bad sample must never stop an eval
+                yield Skipped(key=key, reason=f"{type(exn).__name__}: {exn}")
+        yield from errors
+
+
+class ClassificationShards(ShardReader):
+    """CLIP_benchmark zero-shot classification set: image + ``.cls`` label, class names, templates."""
+
+    def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None, split: str = "test"):
+        kind = dataset_type(root)
+        if kind != "classification":
+            raise ValueError(f"{root} is a {kind!r} dataset (dataset_type.txt), not classification")
+        super().__init__(root, transform, split)
+        self.classnames = read_lines(self.root / "classnames.txt")
+        self.templates = read_lines(self.root / "zeroshot_classification_templates.txt")
+        if not self.classnames or not self.templates:
+            raise ValueError(f"{root}: classnames.txt and zeroshot_classification_templates.txt must be non-empty")
+        for template in self.templates:
+            try:
+                template.format(c="x")
+            except (KeyError, IndexError, ValueError) as exn:
+                raise ValueError(f"bad template {template!r}: only the placeholder {{c}} is allowed") from exn
+            if "{c}" not in template:
+                log.warning("template %r has no {c}: it gives the same prompt for every class", template)
+
+    def parse(self, sample: dict[str, Any]) -> ClassificationRecord:
+        label = int(_text(sample, "cls").strip())
+        if not 0 <= label < len(self.classnames):
+            raise ValueError(f"class index {label} outside [0, {len(self.classnames)})")
+        return ClassificationRecord(str(sample["__key__"]), self.image(sample), label)
+
+
+class RetrievalShards(ShardReader):
+    """CLIP_benchmark retrieval set: image + ``.txt`` with one caption per line."""
+
+    def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None, split: str = "test"):
+        declared = Path(root) / "dataset_type.txt"
+        if declared.is_file() and dataset_type(root) != "retrieval":
+            raise ValueError(f"{root} is a {dataset_type(root)!r} dataset ({declared}), not retrieval")
+        super().__init__(root, transform, split)
+
+    def parse(self, sample: dict[str, Any]) -> RetrievalRecord:
+        captions = _text(sample, "txt").splitlines()  # CLIP_benchmark: str.splitlines, no filtering
+        if not captions:
+            raise ValueError("empty caption file")
+        return RetrievalRecord(str(sample["__key__"]), self.image(sample), captions)
+
+
+def _str_list(meta: dict[str, Any], field: str) -> list[str]:
+    value = meta.get(field)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"json field {field!r} must be a list of strings")
+    return value
+
+
+class CompositionalShards(ShardReader):
+    """Our compositional set: image + ``.json`` with a caption and typed negative captions."""
+
+    def parse(self, sample: dict[str, Any]) -> CompositionalRecord:
+        meta = json.loads(_text(sample, "json"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("caption"), str):
+            raise ValueError("json must be an object with a string 'caption'")
+        negatives = _str_list(meta, "negatives")
+        types = _str_list(meta, "negative_types")
+        if not negatives or len(negatives) != len(types):
+            raise ValueError(f"need >= 1 negative and one type per negative, got {len(negatives)} and {len(types)}")
+        return CompositionalRecord(str(sample["__key__"]), self.image(sample), meta["caption"], negatives, types)
+
+
+def _as_list(items: list[Any]) -> list[Any]:
+    return items
+
+
+def batches(dataset: ShardReader, batch_size: int, num_workers: int = 0) -> Iterator[list[Any]]:
+    """Lists of up to ``batch_size`` items (records and :class:`Skipped`) in shard order.
+
+    With ``num_workers > 0`` shards are split across worker processes (order then interleaves).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
+    )
+    yield from loader
+
+
+def split_skipped(items: list[Any]) -> tuple[list[Any], list[Skipped]]:
+    """Separate records from :class:`Skipped` markers, logging each skipped sample."""
+    records, skipped = [], []
+    for item in items:
+        if isinstance(item, Skipped):
+            log.warning("skipped sample %s: %s", item.key, item.reason)
+            skipped.append(item)
+        else:
+            records.append(item)
+    return records, skipped

@@ -1,0 +1,268 @@
+"""Typed configuration: nested dataclasses, YAML recipes, dotted command-line overrides.
+
+Precedence (lowest to highest): dataclass defaults < YAML file < ``section.key=value`` arguments.
+Built on OmegaConf structured configs, so types are checked on merge; ranges and choices are
+checked in ``__post_init__`` when the merged config becomes plain dataclasses. Every failure is a
+``ConfigError`` that names the key and what would be valid, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message says what to change."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check_choice(value: str, key: str, choices: Sequence[str]) -> None:
+    _check(value in choices, key, f"got {value!r}, valid choices: {', '.join(map(str, choices))}")
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "data/shapes/train"
+    """Training shards: a directory of .tar files, a brace pattern (dir/shard-{000000..000009}.tar) or several joined by '::'."""
+    num_samples: Optional[int] = None
+    """Samples per epoch; None reads sizes.json beside the shards."""
+    workers: int = 1
+    """DataLoader worker processes per rank (0 decodes in the training process)."""
+    shuffle_buffer: int = 2000
+    """Samples held in the shuffle buffer (0 disables sample shuffling)."""
+    resize_scale: List[float] = field(default_factory=lambda: [0.85, 1.0])
+    """Area range of the random resized crop in training (1.0, 1.0 disables it)."""
+    color_jitter: float = 0.0
+    """Brightness/contrast jitter strength in training (0 disables; keep 0 when captions name colours)."""
+    caption_key: str = "txt"
+    """Sample field holding the caption text."""
+    image_keys: List[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
+    """Sample fields tried in order for the image."""
+
+    def __post_init__(self) -> None:
+        _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
+        _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}")
+        _check(self.num_samples is None or self.num_samples > 0, "data.num_samples", "must be > 0 or null")
+        lo_hi = list(self.resize_scale)
+        _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1, "data.resize_scale",
+               f"must be [low, high] with 0 < low <= high <= 1, got {lo_hi}")
+        _check(0 <= self.color_jitter <= 1, "data.color_jitter", f"must be in [0, 1], got {self.color_jitter}")
+        _check(bool(self.train_shards), "data.train_shards", "must name the training shards")
+
+
+@dataclass
+class ModelConfig:
+    arch: Any = "ViT-B-32"
+    """open_clip architecture: a model config name (open_clip.list_models()) or a dict {embed_dim, vision_cfg, text_cfg}."""
+    tokenizer: str = "open_clip"
+    """Text tokenizer: 'open_clip' (the BPE shipped in open_clip's wheel)."""
+    init_logit_scale: float = math.log(1 / 0.07)
+    """Initial log of the contrastive temperature's inverse (CLIP: log(1/0.07))."""
+    max_logit_scale: float = 100.0
+    """Upper clamp of exp(logit_scale)."""
+    quick_gelu: bool = False
+    """Use QuickGELU activations (OpenAI CLIP weights were trained with it)."""
+    pretrained: Optional[str] = None
+    """Local checkpoint file to initialise from (ours or open_clip's state dict); None is random init."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.arch, str):
+            import open_clip
+
+            names = open_clip.list_models()
+            close = difflib.get_close_matches(self.arch, names, n=3)
+            _check(self.arch in names, "model.arch",
+                   f"unknown open_clip model {self.arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        else:
+            arch = dict(self.arch) if self.arch is not None else {}
+            missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in arch]
+            _check(not missing, "model.arch", f"an architecture dict needs keys {missing}")
+        _check_choice(self.tokenizer, "model.tokenizer", ["open_clip"])
+        _check(self.max_logit_scale > 0, "model.max_logit_scale", "must be > 0")
+        _check(math.exp(self.init_logit_scale) <= self.max_logit_scale, "model.init_logit_scale",
+               f"exp({self.init_logit_scale}) exceeds model.max_logit_scale={self.max_logit_scale}")
+
+
+@dataclass
+class LossTermConfig:
+    name: str = "clip"
+    """Registered objective name (see vlp.losses.registry)."""
+    weight: float = 1.0
+    """Multiplier of this term in the total loss."""
+    options: Dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the term (checked against the term's signature at start-up)."""
+
+
+@dataclass
+class LossConfig:
+    terms: List[LossTermConfig] = field(default_factory=lambda: [LossTermConfig()])
+    """Objectives summed into the total loss, each logged separately."""
+
+    def __post_init__(self) -> None:
+        from vlp.losses.registry import validate_terms
+
+        _check(len(self.terms) > 0, "loss.terms", "needs at least one term")
+        validate_terms(self.terms)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.2
+    """AdamW decoupled weight decay (not applied to norms, biases, embeddings, logit scale)."""
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    eps: float = 1e-6
+    """AdamW epsilon."""
+    warmup_steps: int = 500
+    """Linear warmup steps from 0 to the peak rate."""
+    schedule: str = "cosine"
+    """Rate after warmup: 'cosine' decays to min_lr_ratio * lr, 'constant' stays at lr."""
+    min_lr_ratio: float = 0.0
+    """Final rate of the cosine schedule as a fraction of the peak."""
+    grad_clip_norm: Optional[float] = 1.0
+    """Clip the global gradient norm to this value; null disables."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               f"must be two values in [0, 1), got {list(self.betas)}")
+        _check(self.eps > 0, "optim.eps", "must be > 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check_choice(self.schedule, "optim.schedule", ["cosine", "constant"])
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "optim.grad_clip_norm", "must be > 0 or null")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    """Optimizer steps to train for."""
+    batch_size: int = 256
+    """Samples per process per step (the contrastive batch is this times the number of processes)."""
+    seed: int = 0
+    """Seed of model init, data order and augmentation."""
+    output_dir: str = "runs"
+    """Parent directory of run directories."""
+    run_name: Optional[str] = None
+    """Run directory name under output_dir; None makes one from the time."""
+    precision: str = "no"
+    """Mixed precision: 'no', 'bf16' or 'fp16' (fp16 uses a gradient scaler; GPU only)."""
+    log_every: int = 10
+    """Steps between metric lines in metrics.jsonl."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep (the final one is always kept)."""
+    resume: bool = True
+    """Continue from the newest checkpoint in the run directory if there is one."""
+    threads: Optional[int] = None
+    """torch intra-op threads on CPU; None keeps torch's default."""
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            _check(value > 0, f"train.{key}", f"must be > 0, got {value}")
+        _check_choice(self.precision, "train.precision", ["no", "bf16", "fp16"])
+        _check(self.threads is None or self.threads > 0, "train.threads", "must be > 0 or null")
+
+
+@dataclass
+class EvalConfig:
+    builtin_root: Optional[str] = "data/shapes/eval"
+    """Directory with the built-in eval sets (zeroshot/, retrieval/, compositional/); null skips them."""
+    at_end: bool = True
+    """Evaluate on the built-in sets after training."""
+    batch_size: int = 256
+    """Batch size for evaluation encoding."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _valid_keys(schema: Any, prefix: str = "") -> List[str]:
+    """All dotted keys of a dataclass tree, for 'did you mean' messages."""
+    keys = []
+    for f in fields(schema):
+        dotted = f"{prefix}{f.name}"
+        keys.append(dotted)
+        value = getattr(schema, f.name)
+        if is_dataclass(value):
+            keys.extend(_valid_keys(value, dotted + "."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
+        valid = _valid_keys(Config())
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        if not close and section:
+            siblings = [k for k in valid if k.startswith(section + ".")]
+            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return ConfigError(f"{key or '?'}: unknown config key{hint}")
+    msg = str(err).splitlines()[0]
+    return ConfigError(f"{key or '?'}: {msg}")
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+    schema = OmegaConf.structured(Config)
+    layers: List[DictConfig] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        layers.append(OmegaConf.load(path))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like section.key=value, got {bad}")
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML (what is saved in the run directory)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_yaml(text: str) -> Config:
+    """Inverse of config_to_yaml, with the same validation as load_config."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text)))
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    assert isinstance(cfg, Config)
+    return cfg

@@ -1,0 +1,43 @@
+"""Symmetric InfoNCE (CLIP / ALIGN) over the global batch.
+
+Local-loss form: each rank scores its own B local images against all R*B gathered texts (and its
+B texts against all images), with the positives at columns ``rank * B + arange(B)``. The mean of
+the R local losses equals the loss of one process on the concatenated batch, and with
+``gather_with_grad`` plus data-parallel gradient averaging, so do the parameter gradients.
+Logits and cross-entropy are computed in at least float32 whatever the autocast dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+from vlp.losses.distributed import gather_with_grad, world_info
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
+              label_smoothing: float = 0.0) -> torch.Tensor:
+    """Symmetric cross-entropy of ``logit_scale * image_emb @ text_emb.T`` against the diagonal.
+
+    ``image_emb``, ``text_emb``: this rank's L2-normalised embeddings [B, D]; negatives come from
+    every rank. Returns this rank's share: mean over its rows of (CE(image->text) + CE(text->image)) / 2.
+    """
+    rank, _ = world_info()
+    dtype = torch.promote_types(image_emb.dtype, torch.float32)  # half/bf16 -> float32, float64 stays
+    image_emb, text_emb = image_emb.to(dtype), text_emb.to(dtype)
+    all_image = gather_with_grad(image_emb)
+    all_text = gather_with_grad(text_emb)
+    scale = logit_scale.to(dtype)
+    logits_per_image = scale * image_emb @ all_text.T
+    logits_per_text = scale * text_emb @ all_image.T
+    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + rank * image_emb.shape[0]
+    loss_i = F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
+    loss_t = F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)
+    return (loss_i + loss_t) / 2
+
+
+def clip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
+    """Registry adapter: the CLIP loss on an outputs dict {image_emb, text_emb, logit_scale}."""
+    return clip_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], label_smoothing)

@@ -1,0 +1,54 @@
+"""Objectives by name, and the weighted sum of the configured terms.
+
+A term is a pure function ``term(outputs, **options) -> scalar tensor``. Adding an objective is one
+module in vlp/losses/ plus one line in ``LOSS_TERMS``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, Dict, Sequence
+
+import torch
+
+from vlp.losses.contrastive import clip_term
+
+LossTerm = Callable[..., torch.Tensor]
+
+LOSS_TERMS: Dict[str, LossTerm] = {
+    "clip": clip_term,
+}
+
+
+def _options_of(term: LossTerm) -> list[str]:
+    return list(inspect.signature(term).parameters)[1:]
+
+
+def validate_terms(terms: Sequence[Any]) -> None:
+    """Fail at start-up on an unknown term name or an option the term does not take."""
+    from vlp.config import ConfigError
+
+    for i, spec in enumerate(terms):
+        if spec.name not in LOSS_TERMS:
+            close = difflib.get_close_matches(spec.name, list(LOSS_TERMS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"loss.terms[{i}].name: unknown objective {spec.name!r}{hint} "
+                              f"(valid: {', '.join(LOSS_TERMS)})")
+        valid = _options_of(LOSS_TERMS[spec.name])
+        for key in spec.options:
+            if key not in valid:
+                raise ConfigError(f"loss.terms[{i}].options.{key}: {spec.name!r} takes no option {key!r} "
+                                  f"(valid: {', '.join(valid) or 'none'})")
+
+
+def compute_objective(outputs: Dict[str, torch.Tensor], terms: Sequence[Any]) -> Dict[str, torch.Tensor]:
+    """Every configured term by name plus ``total`` = sum of weight * term."""
+    losses: Dict[str, torch.Tensor] = {}
+    total = None
+    for spec in terms:
+        value = LOSS_TERMS[spec.name](outputs, **dict(spec.options))
+        losses[spec.name] = value
+        total = spec.weight * value if total is None else total + spec.weight * value
+    losses["total"] = total
+    return losses

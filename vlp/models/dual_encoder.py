@@ -1,0 +1,76 @@
+"""DualEncoder: an open_clip image/text model behind the outputs-dict interface of vlp."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ArchSpec = Union[str, Mapping[str, Any]]
+
+
+def resolve_arch(arch: ArchSpec) -> Dict[str, Any]:
+    """An open_clip model config dict from a registered name or a dict {embed_dim, vision_cfg, text_cfg}."""
+    if isinstance(arch, str):
+        cfg = open_clip.get_model_config(arch)
+        if cfg is None:
+            raise ValueError(f"unknown open_clip model {arch!r}; see open_clip.list_models()")
+        return dict(cfg)
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in arch.items()}
+
+
+class DualEncoder(nn.Module):
+    """Image and text towers with a learnable temperature.
+
+    ``forward(image, text)`` returns the outputs dict every objective reads:
+    ``image_emb`` [B, D] and ``text_emb`` [B, D] (L2-normalised) and ``logit_scale`` (exp of the
+    learnable log-temperature, a scalar tensor).
+    """
+
+    def __init__(self, arch: ArchSpec, init_logit_scale: float = math.log(1 / 0.07),
+                 max_logit_scale: float = 100.0, quick_gelu: bool = False) -> None:
+        super().__init__()
+        self.arch = resolve_arch(arch)
+        kwargs = {k: v for k, v in self.arch.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
+        if "custom_text" in self.arch or "hf_model_name" in self.arch.get("text_cfg", {}):
+            self.clip = open_clip.CustomTextCLIP(**kwargs, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale)
+        else:
+            self.clip = open_clip.CLIP(**kwargs, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale)
+        self.max_log_scale = math.log(max_logit_scale)
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.arch["text_cfg"].get("context_length", 77))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.arch["text_cfg"].get("vocab_size", 49408))
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = self.clip.encode_image(image)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = self.clip.encode_text(text)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {
+            "image_emb": self.encode_image(image),
+            "text_emb": self.encode_text(text),
+            "logit_scale": self.clip.logit_scale.exp(),
+        }
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Keep exp(logit_scale) in [1, max_logit_scale] (called after every optimizer step)."""
+        self.clip.logit_scale.clamp_(0.0, self.max_log_scale)

@@ -1,0 +1,54 @@
+"""Loading a trained model for evaluation or export from a run directory or checkpoint file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List
+
+import torch
+from PIL import Image
+
+from vlp.config import Config, config_from_yaml
+from vlp.data.tokenizers import build_tokenizer
+from vlp.data.transforms import eval_transform
+from vlp.models.dual_encoder import DualEncoder
+from vlp.models.factory import load_weights
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to encode: L2-normalised ``encode_image`` / ``encode_text``, its tokenizer and
+    its evaluation image transform."""
+
+    model: DualEncoder
+    tokenizer: Callable[[List[str]], torch.Tensor]
+    image_transform: Callable[[Image.Image], torch.Tensor]
+    name: str
+
+
+def wrap_model(model: DualEncoder, cfg: Config, name: str) -> LoadedModel:
+    """A LoadedModel around an in-memory model (used by the trainer's final evaluation)."""
+    return LoadedModel(model=model, tokenizer=build_tokenizer(cfg.model.tokenizer, model.context_length),
+                       image_transform=eval_transform(model.image_size), name=name)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """A run directory (its final or newest checkpoint) or one checkpoint file of ours, in eval mode."""
+    from vlp.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    ckpt_path = latest_checkpoint(path)
+    if ckpt_path is None:
+        raise FileNotFoundError(f"no checkpoint in {path} (looked for checkpoints/final.pt and step-*.pt)")
+    ckpt = load_checkpoint(ckpt_path)
+    if "config" not in ckpt:
+        raise ValueError(f"{ckpt_path} holds no config; is it a vlp checkpoint?")
+    cfg = config_from_yaml(ckpt["config"])
+    model = DualEncoder(cfg.model.arch, init_logit_scale=cfg.model.init_logit_scale,
+                        max_logit_scale=cfg.model.max_logit_scale, quick_gelu=cfg.model.quick_gelu)
+    load_weights(model, ckpt["model"])
+    model.to(device).eval()
+    return wrap_model(model, cfg, name=str(ckpt_path))

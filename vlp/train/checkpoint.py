@@ -1,0 +1,78 @@
+"""Checkpoints: atomic writes, safe loads (weights_only=True), newest-first discovery, pruning.
+
+Files live in RUN_DIR/checkpoints/ as step-00001000.pt and final.pt. Each holds the model state,
+the optimizer and scheduler states, the step and the resolved config as YAML text, so a checkpoint
+alone rebuilds its model. Loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+STEP_PATTERN = re.compile(r"step-(\d+)\.pt$")
+FINAL_NAME = "final.pt"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def step_checkpoints(ckpt_dir: Path) -> List[Path]:
+    """Step checkpoints in ``ckpt_dir``, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_PATTERN.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_or_file: Path) -> Optional[Path]:
+    """The checkpoint to load from a file or run directory: final.pt, else the newest step file."""
+    run_or_file = Path(run_or_file)
+    if run_or_file.is_file():
+        return run_or_file
+    ckpt_dir = run_or_file / "checkpoints" if (run_or_file / "checkpoints").is_dir() else run_or_file
+    if (ckpt_dir / FINAL_NAME).is_file():
+        return ckpt_dir / FINAL_NAME
+    steps = step_checkpoints(ckpt_dir)
+    return steps[-1] if steps else None
+
+
+def newest_for_resume(ckpt_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from: final.pt (written last) if present, else the newest step file."""
+    final = ckpt_dir / FINAL_NAME
+    if final.is_file():
+        return final
+    steps = step_checkpoints(ckpt_dir)
+    return steps[-1] if steps else None
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """The checkpoint dict at ``path``, loaded with weights_only=True on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def prune_step_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints (final.pt is never touched)."""
+    for path in step_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,184 @@
+"""The training loop: one Accelerate loop over the endless shard stream.
+
+Per step: forward both towers, sum the configured objectives, backward, clip, AdamW step, schedule
+step, clamp the temperature. Every ``log_every`` steps a JSON line; every ``checkpoint_every`` steps
+an atomic checkpoint; at the end a final checkpoint and the built-in evaluation. A step whose loss
+is not finite on any rank is skipped on all ranks and counted; too many in a row stop the run with
+the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm import tqdm
+
+from vlp.config import Config, config_to_yaml
+from vlp.data.pipeline import build_train_loader, epoch_samples
+from vlp.data.transforms import train_transform
+from vlp.losses.registry import compute_objective
+from vlp.models.factory import build_model, count_parameters, model_tokenizer
+from vlp.train.checkpoint import FINAL_NAME, load_checkpoint, newest_for_resume, prune_step_checkpoints, save_atomic
+from vlp.train.optim import build_optimizer, build_scheduler
+from vlp.train.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+MAX_NONFINITE_IN_A_ROW = 20
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _save(accelerator: Accelerator, path: Path, model, optimizer, scheduler, step: int, cfg: Config) -> None:
+    if accelerator.is_main_process:
+        state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "config": config_to_yaml(cfg)}
+        save_atomic(state, path)
+    accelerator.wait_for_everyone()
+
+
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+
+
+def _sum_over_ranks(counts: Counter[str]) -> Dict[str, int]:
+    total: Counter[str] = Counter()
+    for part in gather_object([dict(counts)]):
+        total.update(part)
+    return dict(total)
+
+
+def train(cfg: Config) -> Path:
+    """Train with ``cfg``; returns the run directory."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    accelerator = Accelerator(mixed_precision=cfg.train.precision)
+    set_seed(cfg.train.seed)
+    run = RunDir.create(cfg)
+    if accelerator.is_main_process:
+        run.save_config(cfg)
+
+    model = build_model(cfg.model)
+    tokenizer = model_tokenizer(cfg.model, model)
+    transform = train_transform(model.image_size, cfg.data.resize_scale, cfg.data.color_jitter)
+    loader = build_train_loader(cfg.data.train_shards, cfg.train.batch_size, transform, tokenizer,
+                                workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                                seed=cfg.train.seed, rank=accelerator.process_index,
+                                world_size=accelerator.num_processes, image_keys=cfg.data.image_keys,
+                                caption_key=cfg.data.caption_key)
+    samples_per_epoch = cfg.data.num_samples or epoch_samples(cfg.data.train_shards)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.optim)
+
+    start_step = 0
+    resume_from = newest_for_resume(run.checkpoints) if cfg.train.resume else None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = int(state["step"])
+        accelerator.print(f"resumed from {resume_from} at step {start_step}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    global_batch = cfg.train.batch_size * accelerator.num_processes
+    accelerator.print(f"run dir {run.root} | {accelerator.num_processes} process(es) on {accelerator.device} | "
+                      f"{count_parameters(unwrapped)['total'] / 1e6:.1f}M parameters | global batch {global_batch}"
+                      + (f" | {samples_per_epoch} samples/epoch" if samples_per_epoch else ""))
+
+    skipped: Counter[str] = Counter()
+    nonfinite_total, nonfinite_in_a_row = 0, 0
+    progress = tqdm(total=cfg.train.steps, initial=start_step, disable=not accelerator.is_main_process,
+                    desc="train", unit="step", dynamic_ncols=True)
+    batches = iter(loader)
+    window_start, window_samples = time.perf_counter(), 0
+    model.train()
+    for step in range(start_step, cfg.train.steps):
+        batch = next(batches)
+        skipped.update(batch["skipped"])
+        image = batch["image"].to(accelerator.device, non_blocking=True)
+        text = batch["text"].to(accelerator.device, non_blocking=True)
+        with accelerator.autocast():
+            outputs = model(image, text)
+            losses = compute_objective(outputs, cfg.loss.terms)
+        if _any_rank(accelerator, not torch.isfinite(losses["total"]).item()):
+            nonfinite_total += 1
+            nonfinite_in_a_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise NonFiniteLossError(f"loss was not finite for {nonfinite_in_a_row} steps in a row at step {step}; "
+                                         f"the last checkpoint in {run.checkpoints} is intact. Lower optim.lr or check the data.")
+            continue
+        nonfinite_in_a_row = 0
+        accelerator.backward(losses["total"])
+        if cfg.optim.grad_clip_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        unwrapped.clamp_logit_scale()
+        window_samples += global_batch
+        progress.update(1)
+
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            elapsed = time.perf_counter() - window_start
+            mean_losses = {k: accelerator.reduce(v.detach().float(), reduction="mean").item() for k, v in losses.items()}
+            record: Dict[str, Any] = {
+                "step": done, "lr": scheduler.get_last_lr()[0],
+                "logit_scale": unwrapped.clip.logit_scale.detach().exp().item(),
+                "samples_per_s": window_samples / max(elapsed, 1e-9),
+                **{f"loss/{k}": v for k, v in mean_losses.items()},
+                "skipped_samples": _sum_over_ranks(skipped), "nonfinite_steps": nonfinite_total,
+            }
+            if samples_per_epoch:
+                record["epoch"] = done * global_batch / samples_per_epoch
+            progress.set_postfix(loss=f"{mean_losses['total']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
+            if accelerator.is_main_process:
+                run.log_metrics(record)
+            window_start, window_samples = time.perf_counter(), 0
+        if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
+            _save(accelerator, run.checkpoints / f"step-{done:08d}.pt", model, optimizer, scheduler, done, cfg)
+            if accelerator.is_main_process:
+                prune_step_checkpoints(run.checkpoints, cfg.train.keep_checkpoints)
+    progress.close()
+
+    all_skipped = _sum_over_ranks(skipped)
+    _save(accelerator, run.checkpoints / FINAL_NAME, model, optimizer, scheduler, cfg.train.steps, cfg)
+    if accelerator.is_main_process:
+        run.save_json("train_summary.json", {"steps": cfg.train.steps, "global_batch": global_batch,
+                                             "skipped_samples": all_skipped, "nonfinite_steps": nonfinite_total})
+        if cfg.eval.at_end and cfg.eval.builtin_root:
+            final_evaluation(unwrapped, cfg, run)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run.root
+
+
+def final_evaluation(model, cfg: Config, run: RunDir) -> Optional[Dict[str, Any]]:
+    """Built-in eval sets on the trained model: printed as a table, saved as eval_results.json."""
+    from eval.suite import evaluate_builtin, format_table
+    from vlp.models.loading import wrap_model
+
+    root = Path(cfg.eval.builtin_root)
+    if not root.is_dir():
+        log.warning("eval.builtin_root %s not found; skipping the final evaluation", root)
+        return None
+    was_training = model.training
+    model.eval()
+    results = evaluate_builtin(wrap_model(model, cfg, name=str(run.root)), root, batch_size=cfg.eval.batch_size)
+    model.train(was_training)
+    path = run.save_json("eval_results.json", results)
+    print(format_table(results))
+    print(f"results: {path}")
+    return results
