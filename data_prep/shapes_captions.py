@@ -54,7 +54,7 @@ TEMPLATES: tuple[str, ...] = (
 NEGATIVE_TYPES: tuple[str, ...] = ("swap_attribute", "swap_relation", "shuffle_words")
 
 # Object radius (half the bounding-box side) as a fraction of the image side.
-RADIUS: dict[str, float] = {"small": 0.12, "large": 0.2}
+RADIUS: dict[str, float] = {"small": 0.15, "large": 0.22}
 RADIUS_JITTER = 0.05  # relative; positions keep clear of the largest jittered radius
 PAIR_GAP = 0.04  # clearance between the two objects of a pair, fraction of the side
 PAIR_OFFSET = 0.12  # max offset across the relation axis, so the relation is unambiguous

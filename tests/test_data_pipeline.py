@@ -107,6 +107,6 @@ def test_truncated_tar_is_counted_not_fatal(tmp_path):
 
 def test_too_few_shards_for_readers_is_a_clear_error(tmp_path):
     _write_shards(tmp_path, [[_good("a")]])
-    with pytest.raises(ValueError, match="1 shard\\(s\\) for 2 rank\\(s\\) x 1 worker"):
+    with pytest.raises(ValueError, match="data.workers: 1 shard\\(s\\) for 2 rank\\(s\\) x 1 worker"):
         build_train_loader(str(tmp_path), 1, eval_transform(16), build_tokenizer("open_clip", 8),
                            workers=1, world_size=2)

@@ -60,8 +60,34 @@ class DualEncoder(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = self.clip.encode_text(text)
+        features = self._encode_text_trimmed(text) if self._can_trim_text else self.clip.encode_text(text)
         return F.normalize(features, dim=-1) if normalize else features
+
+    @property
+    def _can_trim_text(self) -> bool:
+        clip = self.clip
+        return (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None
+                and clip.text_pool_type == "argmax" and not getattr(clip.transformer, "grad_checkpointing", False))
+
+    def _encode_text_trimmed(self, text: torch.Tensor) -> torch.Tensor:
+        """open_clip's text tower run only up to the batch's last end-of-text token.
+
+        With a causal mask, a position never attends to later ones, so the padding after the
+        longest caption cannot change any pooled (end-of-text) feature: the result equals the
+        full-context forward, at the cost of the real caption lengths instead of the context
+        length (web captions average ~15 BPE tokens against a context of 77).
+        """
+        clip = self.clip
+        length = int(text.argmax(dim=-1).max().item()) + 1
+        text = text[:, :length]
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+        if clip.text_projection is None:
+            return x
+        return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import torch
 from PIL import Image
@@ -33,8 +33,9 @@ def wrap_model(model: DualEncoder, cfg: Config, name: str) -> LoadedModel:
                        image_transform=eval_transform(model.image_size), name=name)
 
 
-def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """A run directory (its final or newest checkpoint) or one checkpoint file of ours, in eval mode."""
+def load_model_and_config(path: str | Path) -> Tuple[DualEncoder, Config, Path]:
+    """(model on CPU in eval mode, its resolved config, the checkpoint file) from a run directory
+    (its final or newest checkpoint) or one checkpoint file of ours."""
     from vlp.train.checkpoint import latest_checkpoint, load_checkpoint
 
     path = Path(path)
@@ -44,11 +45,16 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     if ckpt_path is None:
         raise FileNotFoundError(f"no checkpoint in {path} (looked for checkpoints/final.pt and step-*.pt)")
     ckpt = load_checkpoint(ckpt_path)
-    if "config" not in ckpt:
-        raise ValueError(f"{ckpt_path} holds no config; is it a vlp checkpoint?")
+    if "config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{ckpt_path} is not a vlp checkpoint (no config/model entries)")
     cfg = config_from_yaml(ckpt["config"])
     model = DualEncoder(cfg.model.arch, init_logit_scale=cfg.model.init_logit_scale,
                         max_logit_scale=cfg.model.max_logit_scale, quick_gelu=cfg.model.quick_gelu)
     load_weights(model, ckpt["model"])
-    model.to(device).eval()
-    return wrap_model(model, cfg, name=str(ckpt_path))
+    return model.eval(), cfg, ckpt_path
+
+
+def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """A run directory or checkpoint file of ours as a LoadedModel on ``device``, in eval mode."""
+    model, cfg, ckpt_path = load_model_and_config(path)
+    return wrap_model(model.to(device), cfg, name=str(ckpt_path))

@@ -28,7 +28,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         run_dir = train(cfg)
-    except FileNotFoundError as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"done: {run_dir}")

@@ -61,12 +61,9 @@ def train(cfg: Config) -> Path:
     """Train with ``cfg``; returns the run directory."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    accelerator = Accelerator(mixed_precision=cfg.train.precision)
+    # cpu=True is what makes accelerate use gloo (MULTI_CPU) under torchrun when there is no GPU
+    accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
-    run = RunDir.create(cfg)
-    if accelerator.is_main_process:
-        run.save_config(cfg)
-
     model = build_model(cfg.model)
     tokenizer = model_tokenizer(cfg.model, model)
     transform = train_transform(model.image_size, cfg.data.resize_scale, cfg.data.color_jitter)
@@ -76,6 +73,9 @@ def train(cfg: Config) -> Path:
                                 world_size=accelerator.num_processes, image_keys=cfg.data.image_keys,
                                 caption_key=cfg.data.caption_key)
     samples_per_epoch = cfg.data.num_samples or epoch_samples(cfg.data.train_shards)
+    run = RunDir.create(cfg)  # only once the data and model were found
+    if accelerator.is_main_process:
+        run.save_config(cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.optim)
 
@@ -103,7 +103,8 @@ def train(cfg: Config) -> Path:
     batches = iter(loader)
     window_start, window_samples = time.perf_counter(), 0
     model.train()
-    for step in range(start_step, cfg.train.steps):
+    step = start_step  # optimizer updates done; a skipped (non-finite) batch does not count
+    while step < cfg.train.steps:
         batch = next(batches)
         skipped.update(batch["skipped"])
         image = batch["image"].to(accelerator.device, non_blocking=True)
@@ -129,8 +130,8 @@ def train(cfg: Config) -> Path:
         unwrapped.clamp_logit_scale()
         window_samples += global_batch
         progress.update(1)
-
-        done = step + 1
+        step += 1
+        done = step
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             elapsed = time.perf_counter() - window_start
             mean_losses = {k: accelerator.reduce(v.detach().float(), reduction="mean").item() for k, v in losses.items()}

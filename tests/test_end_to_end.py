@@ -1,0 +1,97 @@
+"""The real CLIs on tiny data: generate, train, evaluate, resume, export, two processes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TINY_OVERRIDES = [
+    "model.arch.vision_cfg.image_size=32", "model.arch.vision_cfg.width=64", "model.arch.vision_cfg.layers=2",
+    "model.arch.text_cfg.width=64", "model.arch.text_cfg.layers=2", "model.arch.embed_dim=32",
+    "train.batch_size=16", "train.log_every=5", "optim.warmup_steps=5", "data.shuffle_buffer=64",
+]
+
+
+def _run(args, env, check=True):
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _train(shapes_dir, out_dir, name, extra, env, check=True):
+    args = [sys.executable, "train.py", "--config", "configs/tiny.yaml", f"data.train_shards={shapes_dir}/train",
+            f"eval.builtin_root={shapes_dir}/eval", f"train.output_dir={out_dir}", f"train.run_name={name}",
+            *TINY_OVERRIDES, *extra]
+    return _run(args, env, check)
+
+
+def test_generate_train_evaluate(shapes_dir, tmp_path, cli_env):
+    proc = _train(shapes_dir, tmp_path, "e2e", ["train.steps=20", "train.checkpoint_every=10"], cli_env)
+    run = tmp_path / "e2e"
+    assert "zeroshot" in proc.stdout and "acc1" in proc.stdout  # the final table was printed
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["final.pt", "step-00000010.pt"]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [5, 10, 15, 20]
+    assert all(r["loss/total"] > 0 and r["loss/total"] == r["loss/clip"] for r in lines)
+    assert 1.0 <= lines[-1]["logit_scale"] <= 100.0
+    assert lines[-1]["epoch"] == pytest.approx(20 * 16 / 256)
+    assert "optim:" in (run / "config.yaml").read_text()
+
+    results = json.loads((run / "eval_results.json").read_text())
+    zs = results["zeroshot"]["metrics"]
+    assert 0.0 <= zs["acc1"] <= zs["acc5"] <= 1.0
+    assert results["zeroshot"]["num_samples"] == 32 and results["zeroshot"]["skipped"] == 0
+    ret = results["retrieval"]["metrics"]
+    for k1, k5 in [("image_retrieval_recall@1", "image_retrieval_recall@5"), ("text_retrieval_recall@1", "text_retrieval_recall@5")]:
+        assert 0.0 <= ret[k1] <= ret[k5] <= 1.0
+    assert 0.0 <= results["compositional"]["metrics"]["acc"] <= 1.0
+
+    # the eval CLI on the run directory reproduces the trainer's final zero-shot numbers
+    out_json = tmp_path / "zs.json"
+    _run([sys.executable, "-m", "eval", "zeroshot", "--model", str(run), "--dataset",
+          f"{shapes_dir}/eval/zeroshot", "--output", str(out_json)], cli_env)
+    cli = json.loads(out_json.read_text())
+    assert cli["task"] == "zeroshot_classification"
+    assert cli["metrics"]["acc1"] == pytest.approx(zs["acc1"], abs=1e-9)
+
+
+def test_resume_continues_from_the_newest_checkpoint(shapes_dir, tmp_path, cli_env):
+    _train(shapes_dir, tmp_path, "res", ["train.steps=10", "eval.at_end=false"], cli_env)
+    first = torch.load(tmp_path / "res/checkpoints/final.pt", weights_only=True)
+    assert first["step"] == 10
+    proc = _train(shapes_dir, tmp_path, "res", ["train.steps=15", "eval.at_end=false"], cli_env)
+    assert "resumed from" in proc.stdout and "at step 10" in proc.stdout
+    steps = [json.loads(line)["step"] for line in (tmp_path / "res/metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15]
+    assert torch.load(tmp_path / "res/checkpoints/final.pt", weights_only=True)["step"] == 15
+
+
+def test_bad_config_stops_before_work(tmp_path, cli_env):
+    proc = _run([sys.executable, "train.py", "--config", "configs/tiny.yaml", "optim.lrr=1",
+                 f"train.output_dir={tmp_path}"], cli_env, check=False)
+    assert proc.returncode == 2
+    assert "optim.lrr: unknown config key; did you mean 'optim.lr'?" in proc.stderr
+    assert not any(tmp_path.iterdir())  # no run directory was created
+    proc = _run([sys.executable, "train.py", "--config", "configs/tiny.yaml", f"data.train_shards={tmp_path}/none",
+                 f"train.output_dir={tmp_path}", "train.run_name=missing"], cli_env, check=False)
+    assert proc.returncode == 2 and "none" in proc.stderr
+
+
+def test_two_processes_with_torchrun(shapes_dir, tmp_path, cli_env):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+            "train.py", "--config", "configs/tiny.yaml", f"data.train_shards={shapes_dir}/train",
+            f"eval.builtin_root={shapes_dir}/eval", f"train.output_dir={tmp_path}", "train.run_name=ddp",
+            "train.steps=6", "eval.at_end=false", "data.workers=1", *TINY_OVERRIDES]
+    proc = _run(args, cli_env)
+    assert "2 process(es)" in proc.stdout and "global batch 32" in proc.stdout
+    lines = [json.loads(line) for line in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [5, 6]
+    # 2 ranks x 16 samples per step: the epoch fraction counts the global batch
+    assert lines[-1]["epoch"] == pytest.approx(6 * 32 / 256)
+    assert torch.load(tmp_path / "ddp/checkpoints/final.pt", weights_only=True)["step"] == 6
