@@ -24,7 +24,6 @@ $(DEMO_DATA)/dataset.json: | $(STAMP)
 demo: $(STAMP) $(DEMO_DATA)/dataset.json
 	rm -rf runs/demo
 	$(PY) train.py --config configs/tiny.yaml train.run_name=demo
-	$(PY) -m eval builtin --model runs/demo --root $(DEMO_DATA)/eval --output-dir runs/demo/eval
 
 test: $(STAMP)
 	$(PY) -m pytest -q

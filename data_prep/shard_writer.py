@@ -17,6 +17,8 @@ from typing import IO, Any, Iterable, Mapping
 
 import webdataset as wds
 
+from vlp.utils.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+
 # Constant tar member mtime (2020-01-01T00:00:00Z): TarWriter would otherwise stamp the
 # current time into every member header and shards would not be byte-identical across runs.
 FIXED_MTIME: float = 1577836800.0
@@ -37,30 +39,6 @@ def _commit(handle: IO[bytes], tmp: Path, final: Path) -> None:
     handle.close()
     os.chmod(tmp, 0o644)
     os.replace(tmp, final)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = _open_temp(final.parent, final.name)
-    try:
-        handle.write(data)
-        _commit(handle, tmp, final)
-    except BaseException:
-        handle.close()
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (utf-8) to ``path`` via a temporary file and rename."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON (trailing newline) atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def write_sizes_json(directory: str | os.PathLike[str], sizes: Mapping[str, int]) -> Path:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from vlp.utils.atomic import write_text_atomic
 
 
 def to_jsonable(value: Any) -> Any:
@@ -34,21 +35,8 @@ def dumps(result: dict[str, Any]) -> str:
 
 def write_result(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
     """Write ``result`` to ``path`` atomically; a crash never leaves a half-written file there."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(result)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+    write_text_atomic(path, dumps(result))
+    return Path(path)
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,9 +7,6 @@ loads with no network. safetensors: our state dict with the resolved config in t
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict
 
@@ -18,6 +15,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
 from vlp.models.dual_encoder import DualEncoder
+from vlp.utils.atomic import atomic_path, write_json_atomic
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
@@ -29,14 +27,8 @@ def open_clip_state_dict(model: DualEncoder) -> Dict[str, torch.Tensor]:
 
 
 def _save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: Path, metadata: Dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def export_open_clip(model: DualEncoder, out_dir: Path) -> Path:
@@ -49,9 +41,7 @@ def export_open_clip(model: DualEncoder, out_dir: Path) -> Path:
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }
     _save_safetensors_atomic(open_clip_state_dict(model), out_dir / OPEN_CLIP_WEIGHTS, {"format": "pt"})
-    tmp = out_dir / f".{OPEN_CLIP_CONFIG}.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, out_dir / OPEN_CLIP_CONFIG)
+    write_json_atomic(out_dir / OPEN_CLIP_CONFIG, config, sort_keys=False)
     return out_dir
 
 

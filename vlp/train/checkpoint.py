@@ -7,13 +7,13 @@ alone rebuilds its model. Loading never runs code from the file.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from vlp.utils.atomic import open_atomic
 
 STEP_PATTERN = re.compile(r"step-(\d+)\.pt$")
 FINAL_NAME = "final.pt"
@@ -21,18 +21,8 @@ FINAL_NAME = "final.pt"
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def step_checkpoints(ckpt_dir: Path) -> List[Path]:

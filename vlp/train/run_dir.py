@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
 from vlp.config import Config, config_to_yaml
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from vlp.utils.atomic import write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -42,5 +36,5 @@ class RunDir:
 
     def save_json(self, name: str, obj: Any) -> Path:
         path = self.root / name
-        write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(path, obj)
         return path
