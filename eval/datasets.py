@@ -19,6 +19,8 @@ A missing metadata file or shard is a configuration error and raises at construc
 
 from __future__ import annotations
 
+import abc
+
 import io
 import json
 import logging
@@ -133,9 +135,9 @@ class ShardReader(torch.utils.data.IterableDataset):
         """Dataset name: the directory's base name."""
         return self.root.resolve().name
 
+    @abc.abstractmethod
     def parse(self, sample: dict[str, Any]) -> Any:
         """Turn one raw sample (field -> bytes) into a record; raise on anything malformed."""
-        raise NotImplementedError
 
     def image(self, sample: dict[str, Any]) -> Any:
         image = decode_image(sample)

@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_arch import TINY_ARCH  # noqa: E402
 
+from vlp.losses.chunked import chunked_clip_loss  # noqa: E402
 from vlp.losses.contrastive import clip_loss  # noqa: E402
 from vlp.losses.distributed import gather_with_grad  # noqa: E402
 from vlp.models.dual_encoder import DualEncoder  # noqa: E402
@@ -32,27 +33,30 @@ def _batch():
     return images, texts
 
 
-def _loss_and_grads(model, images, texts):
+LOSSES = {"dense": clip_loss, "chunked": lambda i, t, s: chunked_clip_loss(i, t, s, chunk=2)}
+
+
+def _loss_and_grads(model, images, texts, loss_name="dense"):
     out = model(images, texts)
-    loss = clip_loss(out["image_emb"].double(), out["text_emb"].double(), out["logit_scale"].double())
+    loss = LOSSES[loss_name](out["image_emb"].double(), out["text_emb"].double(), out["logit_scale"].double())
     loss.backward()
     core = model.module if isinstance(model, DistributedDataParallel) else model
     return loss.detach(), {n: p.grad.detach().clone() for n, p in core.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, init_file: str, out_dir: str, loss_name: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     model = DistributedDataParallel(_model())
     images, texts = _batch()
     local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-    loss, grads = _loss_and_grads(model, images[local], texts[local])
+    loss, grads = _loss_and_grads(model, images[local], texts[local], loss_name)
     dist.all_reduce(loss)
     torch.save({"loss": loss / WORLD, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _gather_worker(rank: int, init_file: str, out_dir: str, _: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     x = torch.full((2, 3), float(rank + 1), dtype=torch.float64, requires_grad=True)
     gathered = gather_with_grad(x)
@@ -62,8 +66,8 @@ def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _spawn(fn, tmp_path):
-    mp.spawn(fn, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+def _spawn(fn, tmp_path, loss_name="dense"):
+    mp.spawn(fn, args=(str(tmp_path / "init"), str(tmp_path), loss_name), nprocs=WORLD, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -77,9 +81,10 @@ def test_gather_with_grad_concatenates_and_sums_gradients(tmp_path):
         assert torch.equal(res["grad"], 2 * weights[2 * rank:2 * rank + 2])
 
 
-def test_two_ranks_equal_one_process_on_concatenated_batch(tmp_path):
-    ref_loss, ref_grads = _loss_and_grads(_model(), *_batch())
-    results = _spawn(_worker, tmp_path)
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_two_ranks_equal_one_process_on_concatenated_batch(tmp_path, loss_name):
+    ref_loss, ref_grads = _loss_and_grads(_model(), *_batch())  # dense loss, one process
+    results = _spawn(_worker, tmp_path, loss_name)
     assert ref_grads, "the reference run produced no gradients"
     for res in results:
         assert abs(res["loss"].item() - ref_loss.item()) < 1e-6

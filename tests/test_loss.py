@@ -71,5 +71,14 @@ def test_objective_sums_weighted_terms():
 def test_unknown_term_and_option_fail_with_valid_names():
     with pytest.raises(ConfigError, match="did you mean 'clip'"):
         validate_terms([LossTermConfig(name="clp")])
-    with pytest.raises(ConfigError, match="valid: label_smoothing"):
+    with pytest.raises(ConfigError, match="valid: label_smoothing, chunked, chunk_size"):
         validate_terms([LossTermConfig(name="clip", options={"smoothing": 0.1})])
+
+
+def test_chunked_option_gives_the_dense_value():
+    torch.manual_seed(0)
+    outputs = {"image_emb": F.normalize(torch.randn(8, 4), dim=-1), "text_emb": F.normalize(torch.randn(8, 4), dim=-1),
+               "logit_scale": torch.tensor(10.0)}
+    dense = compute_objective(outputs, [LossTermConfig(name="clip")])["total"]
+    chunked = compute_objective(outputs, [LossTermConfig(name="clip", options={"chunked": True, "chunk_size": 3})])["total"]
+    assert chunked.item() == pytest.approx(dense.item(), abs=1e-6)

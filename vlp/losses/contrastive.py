@@ -9,7 +9,7 @@ Logits and cross-entropy are computed in at least float32 whatever the autocast 
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,16 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     return (loss_i + loss_t) / 2
 
 
-def clip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-    """Registry adapter: the CLIP loss on an outputs dict {image_emb, text_emb, logit_scale}."""
+def clip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0, chunked: bool = False,
+              chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Registry adapter: the CLIP loss on an outputs dict {image_emb, text_emb, logit_scale}.
+
+    ``chunked``: the memory-efficient form (vlp.losses.chunked), same value and gradients, for
+    contrastive batches whose [B, B] logits would not fit; ``chunk_size`` rows per block (None: auto).
+    """
+    if chunked:
+        from vlp.losses.chunked import chunked_clip_loss
+
+        return chunked_clip_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"],
+                                 chunk=chunk_size, label_smoothing=label_smoothing)
     return clip_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], label_smoothing)
