@@ -38,6 +38,61 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     return (loss_i + loss_t) / 2
 
 
+def decoupled_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                   positive_weight_sigma: Optional[float] = None) -> torch.Tensor:
+    """Decoupled contrastive loss (DCL): InfoNCE with the positive removed from the denominator,
+    both directions, over the global batch. With ``positive_weight_sigma`` (DCLW) each positive
+    term is weighted by 2 - exp(s_ii / sigma) / mean_k exp(s_kk / sigma) (weights from the
+    detached local positives' cosine similarities)."""
+    rank, _ = world_info()
+    dtype = torch.promote_types(image_emb.dtype, torch.float32)
+    image_emb, text_emb, scale = image_emb.to(dtype), text_emb.to(dtype), logit_scale.to(dtype)
+    all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
+    batch = image_emb.shape[0]
+    own = torch.arange(batch, device=image_emb.device) + rank * batch
+    positive = scale * (image_emb * text_emb).sum(dim=1)
+    weight = torch.ones_like(positive)
+    if positive_weight_sigma is not None:
+        cos = (image_emb * text_emb).sum(dim=1).detach() / positive_weight_sigma
+        everyone = gather_with_grad(cos)  # detached: the weights carry no gradient
+        peak = everyone.max()
+        weight = 2 - torch.exp(cos - peak) / torch.exp(everyone - peak).mean()
+    total = positive.new_zeros(())
+    for queries, keys in ((image_emb, all_text), (text_emb, all_image)):
+        logits = scale * queries @ keys.T
+        logits = logits.scatter(1, own[:, None], float("-inf"))
+        total = total + (torch.logsumexp(logits, dim=1) - weight * positive).mean()
+    return total / 2
+
+
+def negclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, neg_text_emb: torch.Tensor,
+                 logit_scale: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """NegCLIP: CLIP whose image->text logits gain extra columns, the hard-negative captions of
+    every sample of the global batch ([B, K, D] per rank); text->image is the plain CLIP row."""
+    rank, _ = world_info()
+    dtype = torch.promote_types(image_emb.dtype, torch.float32)
+    image_emb, text_emb, scale = image_emb.to(dtype), text_emb.to(dtype), logit_scale.to(dtype)
+    negatives = gather_with_grad(neg_text_emb.to(dtype).flatten(0, 1))
+    all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
+    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + rank * image_emb.shape[0]
+    logits_per_image = scale * image_emb @ torch.cat([all_text, negatives]).T
+    logits_per_text = scale * text_emb @ all_image.T
+    return (F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)) / 2
+
+
+def dcl_term(outputs: Dict[str, torch.Tensor], positive_weight_sigma: Optional[float] = None) -> torch.Tensor:
+    return decoupled_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], positive_weight_sigma)
+
+
+def negclip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
+    """Needs ``neg_text_emb`` [B, K, D]: set data.num_negatives and shards with key.neg.json."""
+    if "neg_text_emb" not in outputs:
+        raise KeyError("the negclip objective needs hard-negative captions: set data.num_negatives > 0")
+    return negclip_loss(outputs["image_emb"], outputs["text_emb"], outputs["neg_text_emb"],
+                        outputs["logit_scale"], label_smoothing)
+
+
 def clip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0, chunked: bool = False,
               chunk_size: Optional[int] = None) -> torch.Tensor:
     """Registry adapter: the CLIP loss on an outputs dict {image_emb, text_emb, logit_scale}.

@@ -45,3 +45,25 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if world == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+class _AllReduceWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over ranks, differentiable (for terms that normalise by a global sum)."""
+    _, world = world_info()
+    if world == 1:
+        return tensor
+    return _AllReduceWithGrad.apply(tensor)

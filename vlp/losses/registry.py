@@ -12,12 +12,19 @@ from typing import Any, Callable, Dict, Sequence
 
 import torch
 
-from vlp.losses.contrastive import clip_term
+from vlp.losses.contrastive import clip_term, dcl_term, negclip_term
+from vlp.losses.geometry import alignment_term, uniformity_term
+from vlp.losses.sigmoid import siglip_term
 
 LossTerm = Callable[..., torch.Tensor]
 
 LOSS_TERMS: Dict[str, LossTerm] = {
     "clip": clip_term,
+    "siglip": siglip_term,
+    "dcl": dcl_term,
+    "negclip": negclip_term,
+    "uniformity": uniformity_term,
+    "alignment": alignment_term,
 }
 
 

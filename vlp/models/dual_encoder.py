@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import open_clip
 import torch
@@ -32,14 +32,17 @@ class DualEncoder(nn.Module):
     """
 
     def __init__(self, arch: ArchSpec, init_logit_scale: float = math.log(1 / 0.07),
-                 max_logit_scale: float = 100.0, quick_gelu: bool = False) -> None:
+                 max_logit_scale: float = 100.0, quick_gelu: bool = False,
+                 init_logit_bias: Optional[float] = None) -> None:
         super().__init__()
         self.arch = resolve_arch(arch)
         kwargs = {k: v for k, v in self.arch.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
         if "custom_text" in self.arch or "hf_model_name" in self.arch.get("text_cfg", {}):
-            self.clip = open_clip.CustomTextCLIP(**kwargs, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale)
+            model_class = open_clip.CustomTextCLIP
         else:
-            self.clip = open_clip.CLIP(**kwargs, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale)
+            model_class = open_clip.CLIP
+        self.clip = model_class(**kwargs, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale,
+                                init_logit_bias=init_logit_bias)
         self.max_log_scale = math.log(max_logit_scale)
 
     @property
@@ -89,12 +92,20 @@ class DualEncoder(nn.Module):
             return x
         return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {
+    def forward(self, image: torch.Tensor, text: torch.Tensor,
+                neg_text: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """``neg_text``: optional hard-negative captions [B, K, context] -> ``neg_text_emb`` [B, K, D]."""
+        outputs = {
             "image_emb": self.encode_image(image),
             "text_emb": self.encode_text(text),
             "logit_scale": self.clip.logit_scale.exp(),
         }
+        if self.clip.logit_bias is not None:
+            outputs["logit_bias"] = self.clip.logit_bias
+        if neg_text is not None:
+            batch, k, length = neg_text.shape
+            outputs["neg_text_emb"] = self.encode_text(neg_text.reshape(batch * k, length)).reshape(batch, k, -1)
+        return outputs
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
