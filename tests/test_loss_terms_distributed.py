@@ -17,8 +17,11 @@ WORLD, BATCH, NEGATIVES = 2, 6, 2
 TERMS = {
     "clip": {}, "clip_smoothed_chunked": {"label_smoothing": 0.1, "chunked": True, "chunk_size": 2},
     "siglip": {}, "dcl": {}, "dcl_weighted": {"positive_weight_sigma": 0.5}, "negclip": {},
-    "uniformity": {}, "alignment": {},
+    "uniformity": {}, "alignment": {}, "mochi": {"hardest": 3, "synthetic": 2, "query_mixed": 1},
+    "clip_cacr": {"cacr_attract": 1.0, "cacr_repel": 2.0}, "intra_modal": {}, "mv_infonce": {"temperature": 0.5},
+    "caption": {"label_smoothing": 0.1},
 }
+LENGTH, VOCAB = 4, 7
 
 
 def _term(key):
@@ -33,26 +36,33 @@ class Towers(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.image, self.text = nn.Linear(5, 4).double(), nn.Linear(5, 4).double()
+        self.captioner = nn.Linear(5, LENGTH * VOCAB).double()
         self.logit_scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
         self.logit_bias = nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
 
-    def forward(self, images, texts, negatives):
+    def forward(self, images, texts, negatives, labels):
         b, k, d = negatives.shape
         return {"image_emb": F.normalize(self.image(images), dim=-1), "text_emb": F.normalize(self.text(texts), dim=-1),
+                "image_emb_aug": F.normalize(self.image(images.flip(1)), dim=-1),
+                "text_emb_aug": F.normalize(self.text(texts * 0.5 + 0.1), dim=-1),
+                "caption_logits": self.captioner(images).reshape(b, LENGTH, VOCAB), "caption_labels": labels,
                 "neg_text_emb": F.normalize(self.text(negatives.reshape(b * k, d)), dim=-1).reshape(b, k, -1),
                 "logit_scale": self.logit_scale.exp(), "logit_bias": self.logit_bias}
 
 
 def _data():
     g = torch.Generator().manual_seed(1)
+    labels = torch.randint(1, VOCAB, (BATCH, LENGTH), generator=g)
+    labels[0, 1:] = 0  # uneven caption lengths across ranks: 1 token in row 0, 3 in row 4
+    labels[4, 3:] = 0
     return (torch.randn(BATCH, 5, generator=g, dtype=torch.float64), torch.randn(BATCH, 5, generator=g, dtype=torch.float64),
-            torch.randn(BATCH, NEGATIVES, 5, generator=g, dtype=torch.float64))
+            torch.randn(BATCH, NEGATIVES, 5, generator=g, dtype=torch.float64), labels)
 
 
 def _loss_and_grads(key, rows=slice(None)):
     model = Towers()
-    images, texts, negatives = _data()
-    loss = compute_objective(model(images[rows], texts[rows], negatives[rows]), [_term(key)])["total"]
+    images, texts, negatives, labels = _data()
+    loss = compute_objective(model(images[rows], texts[rows], negatives[rows], labels[rows]), [_term(key)])["total"]
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -94,12 +94,20 @@ def negclip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0)
 
 
 def clip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0, chunked: bool = False,
-              chunk_size: Optional[int] = None) -> torch.Tensor:
+              chunk_size: Optional[int] = None, cacr_attract: float = 0.0, cacr_repel: float = 0.0) -> torch.Tensor:
     """Registry adapter: the CLIP loss on an outputs dict {image_emb, text_emb, logit_scale}.
 
     ``chunked``: the memory-efficient form (vlp.losses.chunked), same value and gradients, for
     contrastive batches whose [B, B] logits would not fit; ``chunk_size`` rows per block (None: auto).
+    ``cacr_attract`` / ``cacr_repel``: CACR weighting of positives / negatives (vlp.losses.hard_negatives).
     """
+    if cacr_attract or cacr_repel:
+        if chunked or label_smoothing:
+            raise ValueError("clip: CACR weighting works with the dense form and no label smoothing")
+        from vlp.losses.hard_negatives import cacr_weighted_clip_loss
+
+        return cacr_weighted_clip_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"],
+                                       cacr_attract, cacr_repel)
     if chunked:
         from vlp.losses.chunked import chunked_clip_loss
 

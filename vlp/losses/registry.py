@@ -13,7 +13,10 @@ from typing import Any, Callable, Dict, Sequence
 import torch
 
 from vlp.losses.contrastive import clip_term, dcl_term, negclip_term
+from vlp.losses.captioning import caption_term
 from vlp.losses.geometry import alignment_term, uniformity_term
+from vlp.losses.hard_negatives import mochi_term
+from vlp.losses.intra_modal import intra_modal_term, mv_infonce_term
 from vlp.losses.sigmoid import siglip_term
 
 LossTerm = Callable[..., torch.Tensor]
@@ -25,6 +28,10 @@ LOSS_TERMS: Dict[str, LossTerm] = {
     "negclip": negclip_term,
     "uniformity": uniformity_term,
     "alignment": alignment_term,
+    "mochi": mochi_term,
+    "intra_modal": intra_modal_term,
+    "mv_infonce": mv_infonce_term,
+    "caption": caption_term,
 }
 
 
