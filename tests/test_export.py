@@ -54,3 +54,16 @@ def test_safetensors_round_trip_and_run_dir_loading(tmp_path):
         for other in (fresh, again):
             assert torch.equal(other.encode_image(images), model.encode_image(images))
             assert torch.equal(other.encode_text(texts), model.encode_text(texts))
+
+
+def test_open_clip_export_keeps_the_siglip_bias(tmp_path):
+    torch.manual_seed(0)
+    model = DualEncoder(TINY_ARCH, init_logit_bias=-10.0).eval()
+    from vlp.export.open_clip_format import export_open_clip
+
+    export_open_clip(model, tmp_path / "oc")
+    loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    assert loaded.logit_bias.item() == -10.0
+    images, texts = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_text(texts, normalize=True), model.encode_text(texts), atol=1e-6)

@@ -82,3 +82,16 @@ def test_chunked_option_gives_the_dense_value():
     dense = compute_objective(outputs, [LossTermConfig(name="clip")])["total"]
     chunked = compute_objective(outputs, [LossTermConfig(name="clip", options={"chunked": True, "chunk_size": 3})])["total"]
     assert chunked.item() == pytest.approx(dense.item(), abs=1e-6)
+
+
+def test_matches_open_clip_clip_loss_value_and_gradients():
+    from open_clip.loss import ClipLoss
+
+    g = torch.Generator().manual_seed(3)
+    image = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+    text = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+    scale = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    ours, anchor = clip_loss(image, text, scale), ClipLoss()(image, text, scale)
+    assert ours.item() == pytest.approx(anchor.item(), abs=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, (image, text, scale)), torch.autograd.grad(anchor, (image, text, scale))):
+        assert torch.allclose(a, b, atol=1e-12)

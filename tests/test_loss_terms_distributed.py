@@ -16,7 +16,7 @@ from vlp.losses.registry import LOSS_TERMS, compute_objective
 WORLD, BATCH, NEGATIVES = 2, 6, 2
 TERMS = {
     "clip": {}, "clip_smoothed_chunked": {"label_smoothing": 0.1, "chunked": True, "chunk_size": 2},
-    "siglip": {}, "dcl": {}, "dcl_weighted": {"positive_weight_sigma": 0.5}, "negclip": {},
+    "siglip": {}, "siglip_chunked": {"chunked": True, "chunk_size": 2}, "dcl": {}, "dcl_weighted": {"positive_weight_sigma": 0.5}, "negclip": {},
     "uniformity": {}, "alignment": {}, "mochi": {"hardest": 3, "synthetic": 2, "query_mixed": 1},
     "clip_cacr": {"cacr_attract": 1.0, "cacr_repel": 2.0}, "intra_modal": {}, "mv_infonce": {"temperature": 0.5},
     "caption": {"label_smoothing": 0.1},

@@ -35,8 +35,11 @@ def export_open_clip(model: DualEncoder, out_dir: Path) -> Path:
     """Write an open_clip local-dir model to ``out_dir``; returns the directory."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = dict(model.arch)
+    if model.clip.logit_bias is not None:  # open_clip creates the bias parameter only when told to
+        model_cfg["init_logit_bias"] = float(model.clip.logit_bias.detach())
     config = {
-        "model_cfg": model.arch,
+        "model_cfg": model_cfg,
         "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }

@@ -1,0 +1,51 @@
+"""Numerical safety of every objective: half-precision inputs are computed in float32, and
+duplicate or zero embeddings give finite losses and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from test_loss_terms_distributed import TERMS, _term
+from vlp.losses.registry import compute_objective
+
+B, K, D, L, V = 6, 2, 8, 4, 7
+
+
+def _outputs(kind, dtype):
+    g = torch.Generator().manual_seed(0)
+    if kind == "random":
+        emb = lambda *s: F.normalize(torch.randn(*s, D, generator=g), dim=-1)  # noqa: E731
+    elif kind == "duplicate":
+        row = F.normalize(torch.randn(D, generator=g), dim=-1)
+        emb = lambda *s: row.expand(*s, D).clone()  # noqa: E731
+    else:
+        emb = lambda *s: torch.zeros(*s, D)  # noqa: E731
+    labels = torch.randint(1, V, (B, L), generator=g)
+    leaves = {"image_emb": emb(B), "text_emb": emb(B), "image_emb_aug": emb(B), "text_emb_aug": emb(B),
+              "neg_text_emb": emb(B, K), "caption_logits": torch.randn(B, L, V, generator=g)}
+    leaves = {k: v.to(dtype).requires_grad_() for k, v in leaves.items()}
+    scales = {"logit_scale": torch.tensor(100.0, requires_grad=True), "logit_bias": torch.tensor(-10.0, requires_grad=True)}
+    return {**leaves, **scales, "caption_labels": labels}
+
+
+@pytest.mark.parametrize("key", sorted(TERMS))
+@pytest.mark.parametrize("kind", ["duplicate", "zero"])
+def test_degenerate_embeddings_give_finite_loss_and_gradients(key, kind):
+    outputs = _outputs(kind, torch.float32)
+    loss = compute_objective(outputs, [_term(key)])["total"]
+    assert torch.isfinite(loss), (key, kind, loss)
+    grads = torch.autograd.grad(loss, [v for v in outputs.values() if v.requires_grad], allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads), (key, kind)
+
+
+@pytest.mark.parametrize("key", sorted(TERMS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_are_computed_in_float32(key, dtype):
+    half = _outputs("random", dtype)
+    torch.manual_seed(0)
+    loss_half = compute_objective(half, [_term(key)])["total"]
+    full = {k: (v.detach().float().requires_grad_() if v.is_floating_point() else v) for k, v in half.items()}
+    torch.manual_seed(0)
+    loss_full = compute_objective(full, [_term(key)])["total"]
+    assert loss_half.dtype == torch.float32 and torch.isfinite(loss_half)
+    assert loss_half.item() == pytest.approx(loss_full.item(), rel=1e-6, abs=1e-6), key
