@@ -72,3 +72,16 @@ def test_resolve_arch_by_name_and_dict():
     assert resolve_arch(TINY_ARCH)["vision_cfg"]["patch_size"] == 8
     with pytest.raises(ValueError, match="unknown open_clip model"):
         resolve_arch("ViT-Q-99")
+
+
+def test_optional_inputs_add_their_embeddings():
+    model = _model()
+    tokens = torch.tensor([[62, 5, 9, 63, 0, 0, 0, 0], [62, 7, 63, 0, 0, 0, 0, 0]])
+    negatives = torch.stack([tokens.flip(0), tokens], dim=1)  # [2, 2, 8]
+    images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    out = model(images, tokens, neg_text=negatives, image_aug=images.flip(-1), text_aug=tokens.flip(0))
+    assert out["neg_text_emb"].shape == (2, 2, 16)
+    assert torch.allclose(out["neg_text_emb"][0, 0], out["text_emb"][1]) and torch.allclose(out["neg_text_emb"][1, 1], out["text_emb"][1])
+    assert torch.allclose(out["text_emb_aug"], out["text_emb"].flip(0))
+    assert torch.allclose(out["image_emb_aug"], model.encode_image(images.flip(-1)))
+    assert "logit_bias" not in out

@@ -92,9 +92,11 @@ class DualEncoder(nn.Module):
             return x
         return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor,
-                neg_text: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """``neg_text``: optional hard-negative captions [B, K, context] -> ``neg_text_emb`` [B, K, D]."""
+    def forward(self, image: torch.Tensor, text: torch.Tensor, neg_text: Optional[torch.Tensor] = None,
+                image_aug: Optional[torch.Tensor] = None, text_aug: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Optional inputs add outputs: ``neg_text`` (hard-negative captions [B, K, context]) ->
+        ``neg_text_emb`` [B, K, D]; ``image_aug`` / ``text_aug`` (second augmented views) ->
+        ``image_emb_aug`` / ``text_emb_aug`` for the intra-modal and multi-view objectives."""
         outputs = {
             "image_emb": self.encode_image(image),
             "text_emb": self.encode_text(text),
@@ -105,6 +107,10 @@ class DualEncoder(nn.Module):
         if neg_text is not None:
             batch, k, length = neg_text.shape
             outputs["neg_text_emb"] = self.encode_text(neg_text.reshape(batch * k, length)).reshape(batch, k, -1)
+        if image_aug is not None:
+            outputs["image_emb_aug"] = self.encode_image(image_aug)
+        if text_aug is not None:
+            outputs["text_emb_aug"] = self.encode_text(text_aug)
         return outputs
 
     @torch.no_grad()
