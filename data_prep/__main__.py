@@ -14,6 +14,10 @@ from typing import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "data_prep.synth_shapes_cli",  # synth-shapes: built-in synthetic set
+    "data_prep.tokenizer_cli",  # tokenizer: train a SentencePiece model on shard captions
+    "data_prep.negatives_cli",  # negatives: add NegCLIP-style hard-negative captions
+    "data_prep.ingest_cli",  # ingest: folders, tables, JSONL, COCO, img2dataset -> shards
+    "data_prep.dedup_cli",  # dedup: near-duplicate removal over image embeddings (faiss)
 )
 
 

@@ -8,8 +8,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from vlp.data.pipeline import EpochShardStream, build_train_loader
+from vlp.data.pipeline import build_train_loader
 from vlp.data.shards import count_samples, expand_shards
+from vlp.data.sources import EpochShardStream
 from vlp.data.tokenizers import build_tokenizer
 from vlp.data.transforms import eval_transform
 
@@ -110,3 +111,35 @@ def test_too_few_shards_for_readers_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="data.workers: 1 shard\\(s\\) for 2 rank\\(s\\) x 1 worker"):
         build_train_loader(str(tmp_path), 1, eval_transform(16), build_tokenizer("open_clip", 8),
                            workers=1, world_size=2)
+
+
+def _png_header_only(width, height) -> bytes:
+    """A PNG whose header claims width x height (no pixel data): a decompression bomb without the memory."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_bombs_empty_files_and_transform_errors_are_counted(tmp_path):
+    class Fussy:
+        """A transform that fails on 21 px images (an unexpected error, not a ValueError)."""
+
+        def __call__(self, image):
+            if image.size == (21, 21):
+                raise RuntimeError("cannot handle this one")
+            return eval_transform(16)(image)
+
+    samples = [_good("ok1"), {"__key__": "bomb", "png": _png_header_only(20000, 20000), "txt": "huge"},
+               {"__key__": "zero", "jpg": b"", "txt": "empty file"},
+               {"__key__": "odd", "jpg": _jpeg((9, 9, 9), size=21), "txt": "odd size"}, _good("ok2")]
+    _write_shards(tmp_path, [samples])
+    loader = build_train_loader(str(tmp_path), batch_size=8, transform=Fussy(), tokenizer=build_tokenizer("open_clip", 8),
+                                workers=0, shuffle_buffer=0, epochs=1)
+    (batch,) = list(loader)
+    assert batch["key"] == ["ok1", "ok2"]
+    assert batch["skipped"] == {"image_too_large": 1, "image_unreadable": 1, "sample_error:RuntimeError": 1}

@@ -32,9 +32,17 @@ def _check_choice(value: str, key: str, choices: Sequence[str]) -> None:
 
 
 @dataclass
+class SourceConfig:
+    shards: str = ""
+    """Shard spec of this source (same forms as data.train_shards)."""
+    weight: float = 1.0
+    """Relative sampling rate of this source (weights other than equal need data.resampled=true)."""
+
+
+@dataclass
 class DataConfig:
     train_shards: str = "data/shapes/train"
-    """Training shards: a directory of .tar files, a brace pattern (dir/shard-{000000..000009}.tar) or several joined by '::'."""
+    """Training shards: a directory of .tar files, a brace pattern (dir/shard-{000000..000009}.tar), a file://, s3://, gs:// or https:// URL or a pipe: command, or several joined by '::'."""
     num_samples: Optional[int] = None
     """Samples per epoch; None reads sizes.json beside the shards."""
     workers: int = 1
@@ -49,6 +57,20 @@ class DataConfig:
     """Sample field holding the caption text."""
     image_keys: List[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     """Sample fields tried in order for the image."""
+    sources: List[SourceConfig] = field(default_factory=list)
+    """Several shard sources [{shards, weight}] mixed by weight; when set they replace train_shards."""
+    resampled: bool = False
+    """Draw shards with replacement per rank and worker (endless, for multi-node and weighted mixes); false: each sample once per epoch."""
+    num_negatives: int = 0
+    """Hard-negative captions per sample (from key.neg.json) passed as batch neg_text [B, K, context]; 0 disables."""
+    image_views: int = 1
+    """Augmented views per image: 2 adds batch image_aug (a second random crop) for the intra_modal / mv_infonce objectives."""
+    text_views: int = 1
+    """Views per caption: 2 adds batch text_aug (another caption of the sample, else the caption with ~10% of words dropped)."""
+    jpeg_draft: bool = True
+    """Decode large JPEGs at a reduced DCT size that still keeps the smallest crop at full resolution."""
+    skip_log_interval_s: float = 60.0
+    """Seconds between log lines about skipped (corrupt) samples; the first skip is logged at once."""
 
     def __post_init__(self) -> None:
         _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
@@ -59,6 +81,27 @@ class DataConfig:
                f"must be [low, high] with 0 < low <= high <= 1, got {lo_hi}")
         _check(0 <= self.color_jitter <= 1, "data.color_jitter", f"must be in [0, 1], got {self.color_jitter}")
         _check(bool(self.train_shards), "data.train_shards", "must name the training shards")
+        _check(self.num_negatives >= 0, "data.num_negatives", f"must be >= 0, got {self.num_negatives}")
+        _check(self.image_views in (1, 2), "data.image_views", f"must be 1 or 2, got {self.image_views}")
+        _check(self.text_views in (1, 2), "data.text_views", f"must be 1 or 2, got {self.text_views}")
+        _check(self.skip_log_interval_s > 0, "data.skip_log_interval_s", f"must be > 0, got {self.skip_log_interval_s}")
+        for i, src in enumerate(self.sources):
+            _check(bool(src.shards), f"data.sources[{i}].shards", "must name the source's shards")
+            _check(src.weight > 0, f"data.sources[{i}].weight", f"must be > 0, got {src.weight}")
+        _check(self.resampled or len({s.weight for s in self.sources}) <= 1, "data.sources",
+               "different weights need data.resampled=true (epoch mode reads every shard once)")
+
+
+def _check_tokenizer(spec: str) -> None:
+    """``model.tokenizer`` is 'open_clip', 'hf:DIR' with DIR a directory, or 'sentencepiece:FILE' with FILE a file."""
+    kind, sep, path = spec.partition(":")
+    forms = "valid forms: open_clip, hf:DIR, sentencepiece:FILE.model"
+    _check(spec == "open_clip" or (sep and kind in ("hf", "sentencepiece") and path), "model.tokenizer",
+           f"got {spec!r}, {forms}")
+    if kind == "hf":
+        _check(Path(path).is_dir(), "model.tokenizer", f"Hugging Face tokenizer directory not found: {path}")
+    elif kind == "sentencepiece":
+        _check(Path(path).is_file(), "model.tokenizer", f"sentencepiece model file not found: {path}")
 
 
 @dataclass
@@ -66,11 +109,13 @@ class ModelConfig:
     arch: Any = "ViT-B-32"
     """open_clip architecture: a model config name (open_clip.list_models()) or a dict {embed_dim, vision_cfg, text_cfg}."""
     tokenizer: str = "open_clip"
-    """Text tokenizer: 'open_clip' (the BPE shipped in open_clip's wheel)."""
+    """Text tokenizer: 'open_clip' (the BPE in open_clip's wheel), 'hf:DIR' (a local Hugging Face tokenizer directory) or 'sentencepiece:FILE.model'; the last two set the text tower's vocab_size."""
     init_logit_scale: float = math.log(1 / 0.07)
     """Initial log of the contrastive temperature's inverse (CLIP: log(1/0.07))."""
     max_logit_scale: float = 100.0
     """Upper clamp of exp(logit_scale)."""
+    init_logit_bias: Optional[float] = None
+    """Initial learnable logit bias (SigLIP: -10 with init_logit_scale log(10)); null: no bias parameter."""
     quick_gelu: bool = False
     """Use QuickGELU activations (OpenAI CLIP weights were trained with it)."""
     pretrained: Optional[str] = None
@@ -88,7 +133,7 @@ class ModelConfig:
             arch = dict(self.arch) if self.arch is not None else {}
             missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in arch]
             _check(not missing, "model.arch", f"an architecture dict needs keys {missing}")
-        _check_choice(self.tokenizer, "model.tokenizer", ["open_clip"])
+        _check_tokenizer(self.tokenizer)
         _check(self.max_logit_scale > 0, "model.max_logit_scale", "must be > 0")
         _check(math.exp(self.init_logit_scale) <= self.max_logit_scale, "model.init_logit_scale",
                f"exp({self.init_logit_scale}) exceeds model.max_logit_scale={self.max_logit_scale}")

@@ -1,131 +1,188 @@
 """The training stream: shards -> samples -> decoded, augmented, tokenized batches.
 
-Order of one epoch: a permutation of the shard list seeded by (seed, epoch), split by rank, then
-by loader worker, so that each sample is read once per epoch across ranks x workers. Every worker
-walks the epochs on its own (each epoch's split is deterministic), so the stream never ends and
-needs no shared epoch counter. Samples are shuffled in a buffer, decoded with Pillow, transformed,
-tokenized and batched inside the workers. A sample that fails to read or decode is skipped and
-counted; the counts ride along with the next batch as ``batch["skipped"]``.
+Shards come from ``vlp.data.sources`` (epoch mode: each sample once per epoch across ranks x
+workers; resampled mode: drawn with replacement, mixed by source weight). Samples are shuffled in a
+buffer, decoded with Pillow (JPEGs at a reduced DCT size when the crop allows), augmented,
+tokenized and batched inside the workers. One caption of a sample's caption list is drawn per
+epoch, seeded by (seed, epoch, key). A sample that fails to read or decode is skipped and counted;
+the counts ride along with the next batch as ``batch["skipped"]``.
+
+Batch keys: ``image`` float [B, 3, S, S]; ``text`` long [B, context]; ``key`` list of sample keys;
+``skipped`` {reason: count}; with ``num_negatives`` K > 0 also ``neg_text`` long [B, K, context]
+(the negatives of the drawn caption, padded by repetition, see ``negative_tokens``) and ``neg_mask``
+bool [B, K] (True where a distinct negative is); with ``image_views`` 2 ``image_aug`` (a second
+crop of each image) and with ``text_views`` 2 ``text_aug`` (a second caption view).
 """
 
 from __future__ import annotations
 
-import io
-import itertools
+import functools
 import random
 import warnings
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 import webdataset as wds
-from PIL import Image
 
 from vlp.config import ConfigError
-from vlp.data.shards import count_samples, expand_shards
+from vlp.data.decode import (decode_image, image_bytes, pick_caption, sample_captions, sample_negatives,
+                             second_caption)
+from vlp.data.shards import ShardSource, count_samples, resolve_sources
 from vlp.data.skips import SkipCounter
+from vlp.data.sources import read_samples, shard_stream
 from vlp.data.tokenizers import Tokenizer
-from vlp.data.transforms import ImageTransform
+from vlp.data.transforms import ImageTransform, draft_size_of
 
-Image.MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default bomb limit, made explicit: larger is an error, not a warning
-
-
-def _worker() -> tuple[int, int]:
-    info = torch.utils.data.get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-class EpochShardStream(torch.utils.data.IterableDataset):
-    """Infinite iterator of {"url": ...}: per-epoch shuffled shards of this rank and worker."""
-
-    def __init__(self, urls: Sequence[str], seed: int, rank: int = 0, world_size: int = 1) -> None:
-        super().__init__()
-        self.urls, self.seed, self.rank, self.world_size = list(urls), seed, rank, world_size
-
-    def __iter__(self) -> Iterator[Dict[str, str]]:
-        worker, num_workers = _worker()
-        for epoch in itertools.count():
-            order = list(self.urls)
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            mine = order[self.rank::self.world_size][worker::num_workers]
-            for url in mine:
-                yield {"url": url}
-
-
-def decode_sample(sample: Dict[str, Any], image_keys: Sequence[str], caption_key: str) -> tuple[Image.Image, str]:
-    """The (RGB image, caption) of a raw webdataset sample; raises ValueError naming what is wrong."""
-    image_bytes = next((sample[k] for k in image_keys if k in sample), None)
-    if image_bytes is None:
-        raise ValueError("missing_image")
-    if caption_key not in sample:
-        raise ValueError("missing_caption")
-    try:
-        caption = sample[caption_key].decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError("caption_not_utf8") from None
-    if not caption:
-        raise ValueError("empty_caption")
-    try:
-        image = Image.open(io.BytesIO(image_bytes))
-        image.load()
-    except Image.DecompressionBombError:
-        raise ValueError("image_too_large") from None
-    except Exception:
-        raise ValueError("image_unreadable") from None
-    return image.convert("RGB"), caption
+ShardsArg = Union[str, Sequence[Any]]
 
 
 class BatchAssembler:
-    """Pipeline stage: raw samples in, batches {image, text, skipped} out (in the worker)."""
+    """Pipeline stage: raw samples in, batches out (in the worker). With a transform that has
+    ``crop_resize``/``normalize_batch`` (``TrainTransform``) images are gathered as uint8 and
+    normalised once per batch; any other transform is called per image."""
 
     def __init__(self, batch_size: int, transform: ImageTransform, tokenizer: Tokenizer,
-                 image_keys: Sequence[str], caption_key: str, skips: SkipCounter) -> None:
+                 image_keys: Sequence[str], caption_key: str, skips: SkipCounter, *, seed: int = 0,
+                 num_negatives: int = 0, draft: bool = True, image_views: int = 1, text_views: int = 1) -> None:
         self.batch_size, self.transform, self.tokenizer = batch_size, transform, tokenizer
+        self.image_views, self.text_views = image_views, text_views
         self.image_keys, self.caption_key, self.skips = image_keys, caption_key, skips
+        self.seed, self.num_negatives = seed, num_negatives
+        self.draft_size = draft_size_of(transform) if draft else None
+        self.fast = hasattr(transform, "crop_resize") and hasattr(transform, "normalize_batch")
+
+    def _prepare(self, sample: Dict[str, Any]) -> tuple[List[Any], List[str], List[str]]:
+        """([pixels per image view], [caption per text view], negatives) of one sample."""
+        data = image_bytes(sample, self.image_keys)
+        key, epoch = str(sample.get("__key__", "")), int(sample.get("__epoch__", 0))
+        captions = sample_captions(sample, self.caption_key)
+        caption = pick_caption(captions, self.seed, epoch, key)
+        texts = [caption] + ([second_caption(captions, caption, self.seed, epoch, key)] if self.text_views == 2 else [])
+        negatives = sample_negatives(sample, caption)[: self.num_negatives] if self.num_negatives else []
+        image = decode_image(data, self.draft_size)
+        views = [self.transform.crop_resize(image) if self.fast else self.transform(image)
+                 for _ in range(self.image_views)]
+        return views, texts, negatives
+
+    def _batch(self, views: List[List[Any]], texts: List[List[str]], keys: List[str],
+               negatives: List[List[str]]) -> Dict[str, Any]:
+        def images(pixels: List[Any]) -> torch.Tensor:
+            stacked = torch.stack(pixels)
+            return self.transform.normalize_batch(stacked) if self.fast else stacked  # fast: from uint8 [B, 3, S, S]
+
+        batch: Dict[str, Any] = {"image": images([v[0] for v in views]), "text": self.tokenizer([t[0] for t in texts]),
+                                 "key": keys, "skipped": self.skips.drain()}
+        if self.image_views == 2:
+            batch["image_aug"] = images([v[1] for v in views])
+        if self.text_views == 2:
+            batch["text_aug"] = self.tokenizer([t[1] for t in texts])
+        if self.num_negatives:
+            batch.update(negative_tokens(negatives, self.num_negatives, self.tokenizer, batch["text"].shape[1]))
+        return batch
 
     def __call__(self, samples: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
-        images: List[torch.Tensor] = []
-        captions: List[str] = []
+        pixels: List[List[Any]] = []
+        captions: List[List[str]] = []
+        keys: List[str] = []
+        negatives: List[List[str]] = []
         for sample in samples:
             try:
-                image, caption = decode_sample(sample, self.image_keys, self.caption_key)
-                images.append(self.transform(image))
-                captions.append(caption)
-            except ValueError as err:
-                self.skips.add(str(err), sample.get("__key__", ""))
+                image, caption, negs = self._prepare(sample)
+            except ValueError as err:  # a known reason: decode.py names it
+                self.skips.add(str(err), str(sample.get("__key__", "")))
                 continue
-            if len(images) == self.batch_size:
-                yield {"image": torch.stack(images), "text": self.tokenizer(captions),
-                       "skipped": self.skips.drain()}
-                images, captions = [], []
+            except Exception as err:  # anything else about one sample must not end a long run either
+                self.skips.add(f"sample_error:{type(err).__name__}", f"{sample.get('__key__', '')}: {err}"[:200])
+                continue
+            pixels.append(image)
+            captions.append(caption)
+            keys.append(str(sample.get("__key__", "")))
+            negatives.append(negs)
+            if len(pixels) == self.batch_size:
+                yield self._batch(pixels, captions, keys, negatives)
+                pixels, captions, keys, negatives = [], [], [], []
+        if pixels:  # only a finite stream (epochs=N) ends: its last, partial batch
+            yield self._batch(pixels, captions, keys, negatives)
 
 
-def build_train_loader(shards: str, batch_size: int, transform: ImageTransform, tokenizer: Tokenizer, *,
+def negative_tokens(negatives: List[List[str]], k: int, tokenizer: Tokenizer, context: int) -> Dict[str, torch.Tensor]:
+    """{"neg_text": [B, k, context], "neg_mask": [B, k]} from per-sample lists. A sample with fewer
+    than k negatives repeats its own (or, with none, the empty caption): every row is a real text
+    that does not match the image, so a loss that ignores ``neg_mask`` still sees no garbage."""
+    rows, mask = [], torch.zeros(len(negatives), k, dtype=torch.bool)
+    for i, negs in enumerate(negatives):
+        negs = negs[:k]
+        mask[i, :len(negs)] = True
+        rows.extend(negs[j % len(negs)] if negs else "" for j in range(k))
+    tokens = tokenizer(rows)
+    if tokens.shape[1] != context:
+        tokens = tokens[:, :context] if tokens.shape[1] > context else torch.nn.functional.pad(
+            tokens, (0, context - tokens.shape[1]))
+    return {"neg_text": tokens.view(len(negatives), k, context), "neg_mask": mask}
+
+
+def check_readers(sources: List[ShardSource], resampled: bool, world_size: int, workers: int) -> None:
+    """Error when epoch mode would leave a reader without shards; warn on uneven splits."""
+    readers = world_size * max(workers, 1)
+    n = sum(len(s.urls) for s in sources)
+    if not resampled and len({s.weight for s in sources}) > 1:
+        raise ConfigError("data.sources: different weights need data.resampled=true (epoch mode reads every shard once)")
+    if n < readers:
+        msg = (f"data.workers: {n} shard(s) for {world_size} rank(s) x {max(workers, 1)} worker(s): "
+               f"some readers would get no data")
+        if not resampled:
+            raise ConfigError(msg + "; lower data.workers, write more shards, or set data.resampled=true")
+        warnings.warn(msg + " of their own; in resampled mode they draw the same shards, so samples repeat sooner")
+    elif not resampled and n % readers:
+        warnings.warn(f"{n} shards do not split evenly over {readers} readers; "
+                      "per-epoch sample counts differ between readers")
+
+
+def build_train_loader(shards: ShardsArg, batch_size: int, transform: ImageTransform, tokenizer: Tokenizer, *,
                        workers: int = 1, shuffle_buffer: int = 2000, seed: int = 0, rank: int = 0,
                        world_size: int = 1, image_keys: Sequence[str] = ("jpg", "png", "webp"),
-                       caption_key: str = "txt") -> torch.utils.data.DataLoader:
-    """An endless DataLoader of this rank's training batches (already collated in the workers)."""
-    urls = expand_shards(shards)
-    readers = world_size * max(workers, 1)
-    if len(urls) < readers:
-        raise ConfigError(f"data.workers: {len(urls)} shard(s) for {world_size} rank(s) x {max(workers, 1)} worker(s): "
-                         f"some readers would get no data; lower data.workers or write more shards")
-    if len(urls) % readers:
-        warnings.warn(f"{len(urls)} shards do not split evenly over {readers} readers; "
-                      "per-epoch sample counts differ between readers")
+                       caption_key: str = "txt", resampled: bool = False, epochs: Optional[int] = None,
+                       num_negatives: int = 0, draft: bool = True, image_views: int = 1,
+                       text_views: int = 1) -> torch.utils.data.DataLoader:
+    """A DataLoader of this rank's training batches (already collated in the workers). ``shards`` is a
+    spec string or a list of {shards, weight} sources. Endless unless ``epochs`` is given (epoch mode
+    only), in which case the last batch may be partial."""
+    if resampled and epochs is not None:
+        raise ValueError("epochs= bounds epoch mode; a resampled stream is endless")
+    sources = resolve_sources(shards)
+    check_readers(sources, resampled, world_size, workers)
     skips = SkipCounter()
     stages: List[Any] = [
-        EpochShardStream(urls, seed=seed, rank=rank, world_size=world_size),
-        wds.tarfile_to_samples(handler=skips.handler),
+        shard_stream(sources, resampled=resampled, seed=seed, rank=rank, world_size=world_size, epochs=epochs),
+        functools.partial(read_samples, handler=skips.handler),  # picklable, for spawned workers too
     ]
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 1000),
                                   rng=random.Random(seed + 7919 * (rank + 1))))
-    stages.append(BatchAssembler(batch_size, transform, tokenizer, image_keys, caption_key, skips))
+    stages.append(BatchAssembler(batch_size, transform, tokenizer, image_keys, caption_key, skips, seed=seed,
+                                 num_negatives=num_negatives, draft=draft, image_views=image_views,
+                                 text_views=text_views))
     pipeline = wds.DataPipeline(*stages)
     return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
-                                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                                       persistent_workers=workers > 0 and epochs is None,
+                                       prefetch_factor=4 if workers else None)
 
 
-def epoch_samples(shards: str) -> int | None:
-    """Samples per epoch of ``shards`` from sizes.json, None when unknown."""
-    return count_samples(expand_shards(shards))
+def loader_from_config(data, batch_size: int, transform: ImageTransform, tokenizer: Tokenizer, *,
+                       seed: int, rank: int, world_size: int) -> torch.utils.data.DataLoader:
+    """``build_train_loader`` with the knobs of a ``DataConfig``."""
+    return build_train_loader(train_sources(data), batch_size, transform, tokenizer, workers=data.workers,
+                              shuffle_buffer=data.shuffle_buffer, seed=seed, rank=rank, world_size=world_size,
+                              image_keys=data.image_keys, caption_key=data.caption_key, resampled=data.resampled,
+                              num_negatives=data.num_negatives, draft=data.jpeg_draft,
+                              image_views=data.image_views, text_views=data.text_views)
+
+
+def train_sources(data) -> ShardsArg:
+    """``data.sources`` when set, else ``data.train_shards``."""
+    return [{"shards": s.shards, "weight": s.weight} for s in data.sources] if data.sources else data.train_shards
+
+
+def epoch_samples(shards: ShardsArg) -> int | None:
+    """Samples per epoch of ``shards`` (all sources) from sizes.json / _stats.json, None when unknown."""
+    return count_samples([u for s in resolve_sources(shards) for u in s.urls])

@@ -32,3 +32,34 @@ class SkipCounter:
     def drain(self) -> Dict[str, int]:
         counts, self.pending = dict(self.pending), Counter()
         return counts
+
+
+class SkipReport:
+    """Training-process tally of the skip counts that batches carry (``batch["skipped"]``).
+    ``update`` logs one line with the totals by reason when new skips arrived and at least
+    ``interval_s`` seconds passed since the last line (the first skip is logged at once)."""
+
+    def __init__(self, interval_s: float = 60.0, clock=None) -> None:
+        import time
+
+        self.totals: Counter[str] = Counter()
+        self.interval_s = interval_s
+        self.clock = clock or time.monotonic
+        self._last_log: float | None = None
+        self._unlogged = 0
+        self.lines = 0
+
+    def update(self, counts: Dict[str, int]) -> bool:
+        """Add one batch's counts; True when a log line was written."""
+        if counts:
+            self.totals.update(counts)
+            self._unlogged += sum(counts.values())
+        now = self.clock()
+        if self._unlogged and (self._last_log is None or now - self._last_log >= self.interval_s):
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.totals.items()))
+            log.warning("skipped %d sample(s) so far (+%d since the last report): %s",
+                        sum(self.totals.values()), self._unlogged, reasons)
+            self._last_log, self._unlogged = now, 0
+            self.lines += 1
+            return True
+        return False

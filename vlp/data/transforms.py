@@ -1,10 +1,25 @@
-"""Image transforms for training (random resized crop, optional jitter) and evaluation."""
+"""Image transforms for training (random resized crop, optional jitter) and evaluation.
+
+The training transform is built for the loader's hot path: the crop is a view of the decoded pixels
+(no copy) and the resize is torch's antialiased bicubic on uint8 (channels-last, vectorised; the
+same filter as Pillow's bicubic ``resize``, within 2 of 255 levels, about 4x faster).
+``crop_resize`` hands the result to the batch as uint8 and ``normalize_batch`` turns a whole batch
+to normalised floats in a few vectorised ops instead of per-image ToTensor + Normalize.
+``draft_size`` tells the decoder how far a JPEG may be shrunk at decode time (DCT scaling) while the
+smallest crop still keeps the target size. Crop boxes are drawn from Python's ``random`` (seeded
+per loader worker by the DataLoader), with torchvision's RandomResizedCrop algorithm.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+import random
+import warnings
+from typing import Callable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 from PIL import Image
@@ -12,25 +27,89 @@ from torchvision import transforms as T
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
+_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+
+class TrainTransform:
+    """RGB, random resized crop (bicubic, antialiased) over ``resize_scale`` of the area and aspect
+    ratios 3/4..4/3, optional brightness/contrast jitter, CLIP normalisation. No horizontal flip:
+    captions say left/right. Calling it gives a normalised float tensor [3, S, S]."""
+
+    def __init__(self, image_size: int, resize_scale: Sequence[float] = (0.85, 1.0), color_jitter: float = 0.0,
+                 mean: Sequence[float] = OPENAI_DATASET_MEAN, std: Sequence[float] = OPENAI_DATASET_STD,
+                 rng: random.Random | None = None) -> None:
+        self.image_size = int(image_size)
+        self.scale = (float(resize_scale[0]), float(resize_scale[1]))
+        self.rng = rng or random  # the module: the DataLoader seeds it in each worker
+        self.jitter = T.ColorJitter(brightness=color_jitter, contrast=color_jitter) if color_jitter > 0 else None
+        # (x / 255 - mean) / std == x * scale + shift
+        self.scale_ = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0 * self.scale_
+        # the smallest crop (area scale[0], ratio 3/4) must keep image_size pixels on its short side
+        self.draft_size = math.ceil(self.image_size / math.sqrt(self.scale[0] * _RATIO[0]))
+
+    def crop_box(self, width: int, height: int) -> Tuple[int, int, int, int]:
+        """(left, top, w, h) of a random crop: torchvision's RandomResizedCrop.get_params algorithm."""
+        area, log_ratio = width * height, (math.log(_RATIO[0]), math.log(_RATIO[1]))
+        for _ in range(10):
+            target = area * self.rng.uniform(*self.scale)
+            aspect = math.exp(self.rng.uniform(*log_ratio))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return self.rng.randint(0, width - w), self.rng.randint(0, height - h), w, h
+        ratio = width / height  # fallback: the largest centred crop within the ratio bounds
+        w, h = (width, int(round(width / _RATIO[0]))) if ratio < _RATIO[0] else \
+            (int(round(height * _RATIO[1])), height) if ratio > _RATIO[1] else (width, height)
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def resize_box(self, image: Image.Image, box: Tuple[int, int, int, int]) -> torch.Tensor:
+        """uint8 [3, S, S]: the (left, top, w, h) box of ``image`` resized to S x S (bicubic, antialiased)."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        left, top, w, h = box
+        with warnings.catch_warnings():  # read-only view of Pillow's buffer: nothing writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            pixels = torch.from_numpy(np.asarray(image))
+        crop = pixels[top:top + h, left:left + w].permute(2, 0, 1).unsqueeze(0)  # a view, channels-last
+        out = F.interpolate(crop, size=(self.image_size, self.image_size), mode="bicubic", antialias=True)[0]
+        return self.jitter(out) if self.jitter is not None else out
+
+    def crop_resize(self, image: Image.Image) -> torch.Tensor:
+        """The augmented image as uint8 [3, S, S], ready for ``normalize_batch``."""
+        return self.resize_box(image, self.crop_box(*image.size))
+
+    def normalize_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, S, S] -> normalised float32 [B, 3, S, S] (contiguous). In a loader worker the
+        result is written straight into shared memory, as torch's default_collate does, so handing
+        it to the training process costs no extra copy."""
+        out = _batch_tensor(batch.shape, torch.float32)
+        return out.copy_(batch).mul_(self.scale_).add_(self.shift)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize_batch(self.crop_resize(image).unsqueeze(0))[0]
+
+
+def _batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor, in shared memory when called in a DataLoader worker."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    proto = torch.empty(0, dtype=dtype)
+    storage = proto._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    return proto.new(storage).resize_(*shape)
 
 
 def train_transform(image_size: int, resize_scale: Sequence[float] = (0.85, 1.0),
-                    color_jitter: float = 0.0) -> ImageTransform:
-    """RGB, random resized crop (bicubic) over ``resize_scale`` of the area, optional
-    brightness/contrast jitter, tensor, CLIP normalisation. No horizontal flip: captions say left/right."""
-    steps = [
-        T.Lambda(_to_rgb),
-        T.RandomResizedCrop(image_size, scale=tuple(resize_scale), interpolation=T.InterpolationMode.BICUBIC),
-    ]
-    if color_jitter > 0:
-        steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter))
-    steps += [T.ToTensor(), T.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)]
-    return T.Compose(steps)
+                    color_jitter: float = 0.0) -> TrainTransform:
+    """The training transform (see ``TrainTransform``)."""
+    return TrainTransform(image_size, resize_scale, color_jitter)
 
 
 def eval_transform(image_size: int) -> ImageTransform:
     """open_clip's evaluation transform: shortest-side bicubic resize, centre crop, normalise."""
     return image_transform(image_size, is_train=False)
+
+
+def draft_size_of(transform: object) -> Optional[int]:
+    """The smallest short side a JPEG may be decoded at for ``transform``; None: full size."""
+    size = getattr(transform, "draft_size", None)
+    return int(size) if size else None

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Any, Dict, Mapping
 
 import torch
 
 from vlp.config import ModelConfig
-from vlp.data.tokenizers import Tokenizer, build_tokenizer
-from vlp.models.dual_encoder import DualEncoder
+from vlp.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_vocab_size
+from vlp.models.dual_encoder import DualEncoder, resolve_arch
+
+
+def model_arch(cfg: ModelConfig) -> Dict[str, Any]:
+    """The open_clip architecture dict of ``cfg.arch`` with ``text_cfg.vocab_size`` set to the
+    tokenizer's vocabulary for 'hf:DIR' and 'sentencepiece:FILE' tokenizers."""
+    arch = resolve_arch(cfg.arch)
+    vocab_size = tokenizer_vocab_size(cfg.tokenizer)
+    if vocab_size is not None:
+        arch["text_cfg"] = {**arch.get("text_cfg", {}), "vocab_size": vocab_size}
+    return arch
 
 
 def build_model(cfg: ModelConfig) -> DualEncoder:
     """A randomly initialised DualEncoder, or one loaded from the local file ``cfg.pretrained``."""
-    model = DualEncoder(cfg.arch, init_logit_scale=cfg.init_logit_scale,
-                        max_logit_scale=cfg.max_logit_scale, quick_gelu=cfg.quick_gelu)
+    model = DualEncoder(model_arch(cfg), init_logit_scale=cfg.init_logit_scale,
+                        max_logit_scale=cfg.max_logit_scale, quick_gelu=cfg.quick_gelu,
+                        init_logit_bias=cfg.init_logit_bias)
     if cfg.pretrained:
         path = Path(cfg.pretrained)
         if not path.is_file():

@@ -13,7 +13,7 @@ from vlp.config import Config, config_from_yaml
 from vlp.data.tokenizers import build_tokenizer
 from vlp.data.transforms import eval_transform
 from vlp.models.dual_encoder import DualEncoder
-from vlp.models.factory import load_weights
+from vlp.models.factory import load_weights, model_arch
 
 
 @dataclass
@@ -48,8 +48,9 @@ def load_model_and_config(path: str | Path) -> Tuple[DualEncoder, Config, Path]:
     if "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{ckpt_path} is not a vlp checkpoint (no config/model entries)")
     cfg = config_from_yaml(ckpt["config"])
-    model = DualEncoder(cfg.model.arch, init_logit_scale=cfg.model.init_logit_scale,
-                        max_logit_scale=cfg.model.max_logit_scale, quick_gelu=cfg.model.quick_gelu)
+    model = DualEncoder(model_arch(cfg.model), init_logit_scale=cfg.model.init_logit_scale,
+                        max_logit_scale=cfg.model.max_logit_scale, quick_gelu=cfg.model.quick_gelu,
+                        init_logit_bias=cfg.model.init_logit_bias)
     load_weights(model, ckpt["model"])
     return model.eval(), cfg, ckpt_path
 

@@ -21,7 +21,8 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 from vlp.config import Config, config_to_yaml
-from vlp.data.pipeline import build_train_loader, epoch_samples
+from vlp.data.pipeline import epoch_samples, loader_from_config, train_sources
+from vlp.data.skips import SkipReport
 from vlp.data.transforms import train_transform
 from vlp.losses.registry import compute_objective
 from vlp.models.factory import build_model, count_parameters, model_tokenizer
@@ -31,6 +32,7 @@ from vlp.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 MAX_NONFINITE_IN_A_ROW = 20
+MODEL_INPUTS = ("image", "text", "neg_text", "image_aug", "text_aug")  # batch keys the model takes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,12 +69,9 @@ def train(cfg: Config) -> Path:
     model = build_model(cfg.model)
     tokenizer = model_tokenizer(cfg.model, model)
     transform = train_transform(model.image_size, cfg.data.resize_scale, cfg.data.color_jitter)
-    loader = build_train_loader(cfg.data.train_shards, cfg.train.batch_size, transform, tokenizer,
-                                workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
-                                seed=cfg.train.seed, rank=accelerator.process_index,
-                                world_size=accelerator.num_processes, image_keys=cfg.data.image_keys,
-                                caption_key=cfg.data.caption_key)
-    samples_per_epoch = cfg.data.num_samples or epoch_samples(cfg.data.train_shards)
+    loader = loader_from_config(cfg.data, cfg.train.batch_size, transform, tokenizer, seed=cfg.train.seed,
+                                rank=accelerator.process_index, world_size=accelerator.num_processes)
+    samples_per_epoch = cfg.data.num_samples or epoch_samples(train_sources(cfg.data))
     run = RunDir.create(cfg)  # only once the data and model were found
     if accelerator.is_main_process:
         run.save_config(cfg)
@@ -96,7 +95,7 @@ def train(cfg: Config) -> Path:
                       f"{count_parameters(unwrapped)['total'] / 1e6:.1f}M parameters | global batch {global_batch}"
                       + (f" | {samples_per_epoch} samples/epoch" if samples_per_epoch else ""))
 
-    skipped: Counter[str] = Counter()
+    skipped = SkipReport(cfg.data.skip_log_interval_s)  # running totals, logged periodically
     nonfinite_total, nonfinite_in_a_row = 0, 0
     progress = tqdm(total=cfg.train.steps, initial=start_step, disable=not accelerator.is_main_process,
                     desc="train", unit="step", dynamic_ncols=True)
@@ -107,10 +106,9 @@ def train(cfg: Config) -> Path:
     while step < cfg.train.steps:
         batch = next(batches)
         skipped.update(batch["skipped"])
-        image = batch["image"].to(accelerator.device, non_blocking=True)
-        text = batch["text"].to(accelerator.device, non_blocking=True)
+        inputs = {k: batch[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
         with accelerator.autocast():
-            outputs = model(image, text)
+            outputs = model(**inputs)
             losses = compute_objective(outputs, cfg.loss.terms)
         if _any_rank(accelerator, not torch.isfinite(losses["total"]).item()):
             nonfinite_total += 1
@@ -140,7 +138,7 @@ def train(cfg: Config) -> Path:
                 "logit_scale": unwrapped.clip.logit_scale.detach().exp().item(),
                 "samples_per_s": window_samples / max(elapsed, 1e-9),
                 **{f"loss/{k}": v for k, v in mean_losses.items()},
-                "skipped_samples": _sum_over_ranks(skipped), "nonfinite_steps": nonfinite_total,
+                "skipped_samples": _sum_over_ranks(skipped.totals), "nonfinite_steps": nonfinite_total,
             }
             if samples_per_epoch:
                 record["epoch"] = done * global_batch / samples_per_epoch
@@ -154,7 +152,7 @@ def train(cfg: Config) -> Path:
                 prune_step_checkpoints(run.checkpoints, cfg.train.keep_checkpoints)
     progress.close()
 
-    all_skipped = _sum_over_ranks(skipped)
+    all_skipped = _sum_over_ranks(skipped.totals)
     _save(accelerator, run.checkpoints / FINAL_NAME, model, optimizer, scheduler, cfg.train.steps, cfg)
     if accelerator.is_main_process:
         run.save_json("train_summary.json", {"steps": cfg.train.steps, "global_batch": global_batch,

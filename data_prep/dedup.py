@@ -1,0 +1,163 @@
+"""``vlp-prep dedup``: near-duplicate removal over image embeddings from a trained checkpoint.
+
+Pass 1 embeds every image of the input shards (in shard order, then tar order) with the model's
+L2-normalised ``encode_image``. faiss ``IndexFlatIP.range_search`` finds, for every image, the
+images whose cosine similarity exceeds ``threshold``. Going through the samples in order, a sample
+is kept unless an earlier *kept* sample is its near-duplicate, so the first of each group stays and
+no two kept samples are near-duplicates. Pass 2 copies the kept samples' tar members unchanged
+into new shards (atomic, via ShardWriter) and writes sizes.json, stats.json and duplicates.json
+({removed key: kept key it duplicates}). Samples whose image cannot be decoded are dropped and
+counted as ``unreadable_image``.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from data_prep.shard_writer import ShardWriter
+from vlp.utils.atomic import write_json_atomic
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def shard_paths(directory: str | Path) -> list[Path]:
+    """The ``*.tar`` shards of ``directory`` in name order (raises when there are none)."""
+    paths = sorted(Path(directory).glob("*.tar"))
+    if not paths:
+        raise FileNotFoundError(f"no *.tar shards in {directory}")
+    return paths
+
+
+def iter_samples(paths: list[Path]) -> Iterator[dict[str, Any]]:
+    """WebDataset samples as ``{"__key__": key, ext: raw bytes, ...}`` in shard and tar order."""
+    for path in paths:
+        current: dict[str, Any] = {}
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")  # webdataset: key ends at the basename's first dot
+                stem, _, ext = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                if current and current["__key__"] != key:
+                    yield current
+                    current = {}
+                current["__key__"] = key
+                current[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        if current:
+            yield current
+
+
+def _image_bytes(sample: dict[str, Any]) -> bytes | None:
+    return next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+
+
+def embed_shards(paths: list[Path], loaded: Any, batch_size: int = 64, device: str = "cpu",
+                 progress: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
+    """(keys of decodable samples, their float32 embeddings [N, D], keys that did not decode)."""
+    import torch
+
+    keys: list[str] = []
+    bad: list[str] = []
+    chunks: list[np.ndarray] = []
+    batch: list[Any] = []
+
+    def flush() -> None:
+        if batch:
+            with torch.no_grad():
+                emb = loaded.model.encode_image(torch.stack(batch).to(device))
+            chunks.append(emb.float().cpu().numpy())
+            batch.clear()
+
+    for sample in tqdm(iter_samples(paths), desc="embed", unit="img", disable=not progress):
+        data = _image_bytes(sample)
+        try:
+            if data is None:
+                raise OSError("no image member")
+            with Image.open(io.BytesIO(data)) as im:
+                batch.append(loaded.image_transform(im.convert("RGB")))
+        except Exception:  # any undecodable image is counted, never fatal
+            bad.append(sample["__key__"])
+            continue
+        keys.append(sample["__key__"])
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    dim = chunks[0].shape[1] if chunks else 1
+    emb = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+    return keys, np.ascontiguousarray(emb, dtype=np.float32), bad
+
+
+def near_duplicates(emb: np.ndarray, threshold: float, query_batch: int = 4096) -> dict[int, int]:
+    """{removed index: index of the earlier kept sample it duplicates} (cosine > threshold)."""
+    import faiss
+
+    n = emb.shape[0]
+    if n == 0:
+        return {}
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    neighbours: list[np.ndarray] = []
+    for start in range(0, n, query_batch):
+        lims, _, ids = index.range_search(emb[start:start + query_batch], float(threshold))
+        neighbours.extend(ids[lims[i]:lims[i + 1]] for i in range(len(lims) - 1))
+    removed: dict[int, int] = {}
+    for i in range(n):
+        if i in removed:
+            continue
+        for j in neighbours[i]:
+            j = int(j)
+            if j > i and j not in removed:
+                removed[j] = i
+    return removed
+
+
+def run_dedup(shards: str | Path, model: str | Path, output: str | Path, threshold: float = 0.95, *,
+              shard_samples: int = 10_000, batch_size: int = 64, device: str = "cpu",
+              overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Remove near-duplicates from ``shards`` into ``output``; returns the stats written."""
+    from vlp.models.loading import load_model
+
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    started = time.monotonic()
+    paths = shard_paths(shards)
+    out = Path(output)
+    if out.resolve() == Path(shards).resolve():
+        raise ValueError("--output must differ from --shards")
+    if out.exists() and any(out.glob("*.tar")):
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds shards; pass --overwrite to replace them")
+        for old in out.glob("*.tar"):
+            old.unlink()
+    loaded = load_model(model, device=device)
+    keys, emb, bad = embed_shards(paths, loaded, batch_size, device, progress)
+    removed = near_duplicates(emb, threshold)
+    drop = {keys[j] for j in removed} | set(bad)
+    with ShardWriter(out, "shard-%06d.tar", max_count=shard_samples) as writer:
+        for sample in iter_samples(paths):
+            if sample["__key__"] not in drop:
+                writer.write(sample)
+    duplicates = {keys[j]: keys[i] for j, i in sorted(removed.items())}
+    write_json_atomic(out / "duplicates.json", duplicates)
+    stats = {
+        "input_samples": len(keys) + len(bad),
+        "samples_written": writer.total,
+        "near_duplicates_removed": len(removed),
+        "skipped": {"unreadable_image": len(bad)} if bad else {},
+        "threshold": threshold,
+        "model": str(loaded.name),
+        "shards": len(writer.sizes),
+        "bytes": sum((out / name).stat().st_size for name in writer.sizes),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    write_json_atomic(out / "stats.json", stats)
+    return stats

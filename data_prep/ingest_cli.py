@@ -1,0 +1,77 @@
+"""``vlp-prep ingest``: image-text collections -> WebDataset shards + sizes.json + stats.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the ``ingest`` sub-command."""
+    p = sub.add_parser(
+        "ingest",
+        help="convert image folders, tables, JSONL, COCO or img2dataset output into shards",
+        description=(
+            "Read image-caption records, filter and resize them, and write WebDataset shards "
+            "(key.jpg|webp, key.txt, key.json) with sizes.json and stats.json. Bad records are "
+            "skipped and counted by reason (--strict: fail on the first). Rerunning with the same "
+            "arguments resumes: complete shards are kept, missing ones written."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--input", action="append", required=True, dest="inputs",
+                   help="input path (repeatable): image folder, .csv/.tsv/.parquet, .jsonl, COCO .json, "
+                        "or an img2dataset folder of .tar shards")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--format", default="auto", choices=("auto", "folder", "table", "jsonl", "coco", "img2dataset"),
+                   help="input reader (auto: from the path)")
+    p.add_argument("--image-column", default="image", help="table/JSONL image path column")
+    p.add_argument("--caption-column", default="caption", help="table/JSONL caption column")
+    p.add_argument("--image-root", default=None, help="folder relative image paths start from (COCO: the images)")
+    p.add_argument("--resize", type=int, default=0, help="target side in pixels (0: keep size)")
+    p.add_argument("--resize-mode", default="shorter", choices=("shorter", "longer"),
+                   help="which side --resize sets; aspect ratio is kept")
+    p.add_argument("--upscale", action="store_true", help="also enlarge images smaller than --resize")
+    p.add_argument("--image-format", default="jpg", choices=("jpg", "webp"), help="output image encoding")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
+    p.add_argument("--min-size", type=int, default=0, help="skip images whose shorter side is smaller (0: off)")
+    p.add_argument("--max-aspect-ratio", type=float, default=0.0, help="skip images with long/short side above this (0: off)")
+    p.add_argument("--min-caption-chars", type=int, default=1, help="drop captions shorter than this")
+    p.add_argument("--max-caption-chars", type=int, default=0, help="drop captions longer than this (0: no limit)")
+    p.add_argument("--dedup", action="store_true", help="drop exact duplicate images (same bytes); keep the first")
+    p.add_argument("--shard-samples", type=int, default=10_000, help="most samples per shard")
+    p.add_argument("--shard-bytes", type=int, default=0, help="also cap a shard's estimated bytes (0: off)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--seed", type=int, default=None, help="shuffle records with this seed (default: input order)")
+    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb cap on width*height "
+                   "(default: Pillow's, 89478485)")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of skipping it")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier ingest in --output first")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from data_prep.ingest import IngestError, run_ingest
+    from data_prep.ingest_options import DEFAULT_MAX_PIXELS, IngestOptions
+
+    opts = IngestOptions(
+        inputs=args.inputs, output=args.output, format=args.format, image_column=args.image_column,
+        caption_column=args.caption_column, image_root=args.image_root, resize=args.resize,
+        resize_mode=args.resize_mode, upscale=args.upscale, image_format=args.image_format,
+        quality=args.quality, min_size=args.min_size, max_aspect_ratio=args.max_aspect_ratio,
+        min_caption_chars=args.min_caption_chars, max_caption_chars=args.max_caption_chars,
+        dedup=args.dedup, shard_samples=args.shard_samples, shard_bytes=args.shard_bytes,
+        workers=args.workers, seed=args.seed,
+        max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, strict=args.strict,
+    )
+    try:
+        stats = run_ingest(opts, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, IngestError) as err:
+        print(f"vlp-prep ingest: error: {err}", file=sys.stderr)
+        return 2 if not isinstance(err, IngestError) else 1
+    skipped = ", ".join(f"{k}={v}" for k, v in stats["skipped"].items()) or "none"
+    print(f"ingest: {stats['samples_written']} samples in {stats['shards']} shards "
+          f"({stats['shards_reused']} reused), {stats['bytes']} bytes, {stats['seconds']} s; "
+          f"skipped {stats['skipped_total']} ({skipped}); stats: {args.output}/stats.json")
+    return 0

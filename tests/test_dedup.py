@@ -1,0 +1,106 @@
+"""``vlp-prep dedup``: faiss near-duplicate removal over a checkpoint's image embeddings."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_prep.__main__ import main as prep_main
+from data_prep.dedup import near_duplicates, run_dedup
+from data_prep.shard_writer import ShardWriter, read_tar_members
+from tiny_arch import TINY_ARCH
+from vlp.config import config_to_yaml, load_config
+from vlp.models.dual_encoder import DualEncoder
+from vlp.train.checkpoint import save_atomic
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    """A tiny-arch run directory. At random init every image embedding points mostly along one
+    shared direction (cosine ~0.99 between unrelated images), which would make any threshold
+    meaningless; zeroing the position/class embeddings and LayerNorm biases removes that shared
+    part, so unrelated images land at cosine <= ~0.83 and planted near-duplicates at >= ~0.99."""
+    cfg = load_config("configs/tiny.yaml")
+    cfg.model.arch = TINY_ARCH
+    torch.manual_seed(0)
+    model = DualEncoder(TINY_ARCH)
+    with torch.no_grad():
+        visual = model.clip.visual
+        visual.positional_embedding.zero_()
+        visual.class_embedding.zero_()
+        for module in visual.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.bias.zero_()
+    run = tmp_path / "run"
+    save_atomic({"model": model.state_dict(), "step": 1, "config": config_to_yaml(cfg)},
+                run / "checkpoints" / "final.pt")
+    return run
+
+
+def _blocky(seed: int, brighten: int = 0) -> bytes:
+    """An 8x8 random colour grid upscaled to 32 px, as PNG (optionally brightened)."""
+    arr = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8).astype(int)
+    image = Image.fromarray(np.clip(arr + brighten, 0, 255).astype(np.uint8)).resize((32, 32), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _shards(directory: Path) -> Path:
+    """11 samples in 3 shards: k00..k07 distinct; k08 ~ k01 (brightened by 3); k09 == k04 (an
+    exact copy); k10 holds bytes that are not an image."""
+    images = [_blocky(s) for s in range(8)] + [_blocky(1, brighten=3), _blocky(4), b"not an image"]
+    with ShardWriter(directory, "in-%03d.tar", max_count=4) as writer:
+        for i, data in enumerate(images):
+            writer.write({"__key__": f"k{i:02d}", "png": data, "txt": f"caption {i}"})
+    return directory
+
+
+def _members(directory: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for path in sorted(directory.glob("*.tar")):
+        out.update(read_tar_members(path))
+    return out
+
+
+def test_dedup_removes_exactly_the_planted_near_duplicates(tmp_path: Path) -> None:
+    shards, run = _shards(tmp_path / "shards"), _checkpoint(tmp_path)
+    out = tmp_path / "dedup"
+    code = prep_main(["dedup", "--shards", str(shards), "--model", str(run), "--threshold", "0.95",
+                      "--output", str(out), "--shard-samples", "5", "--no-progress"])
+    assert code == 0
+    assert json.loads((out / "duplicates.json").read_text()) == {"k08": "k01", "k09": "k04"}
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["input_samples"], stats["samples_written"], stats["near_duplicates_removed"]) == (11, 8, 2)
+    assert stats["skipped"] == {"unreadable_image": 1}
+    assert json.loads((out / "sizes.json").read_text()) == {"shard-000000.tar": 5, "shard-000001.tar": 3}
+    kept, original = _members(out), _members(shards)
+    assert sorted({name.split(".")[0] for name in kept}) == [f"k{i:02d}" for i in range(8)]
+    assert all(kept[name] == original[name] for name in kept)  # samples are copied unchanged
+
+
+def test_threshold_controls_what_counts_as_a_duplicate(tmp_path: Path) -> None:
+    shards, run = _shards(tmp_path / "shards"), _checkpoint(tmp_path)
+    stats = run_dedup(shards, run, tmp_path / "strict", threshold=0.999, progress=False)
+    assert json.loads((tmp_path / "strict" / "duplicates.json").read_text()) == {"k09": "k04"}
+    assert stats["samples_written"] == 9
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_dedup(shards, run, tmp_path / "strict", threshold=0.999, progress=False)
+    with pytest.raises(ValueError, match="threshold"):
+        run_dedup(shards, run, tmp_path / "x", threshold=1.5, progress=False)
+
+
+def test_near_duplicates_keeps_first_and_breaks_chains() -> None:
+    # a ~ b (0.98), b ~ c (0.98), a vs c (0.92): b goes (duplicate of a), c stays because its only
+    # near-duplicate b was removed, d duplicates c.
+    def unit(deg: float) -> list[float]:
+        return [np.cos(np.radians(deg)), np.sin(np.radians(deg))]
+
+    emb = np.array([unit(0), unit(11), unit(22), unit(23), unit(90)], dtype=np.float32)
+    assert near_duplicates(emb, 0.95) == {1: 0, 3: 2}
+    assert near_duplicates(np.zeros((0, 2), np.float32), 0.95) == {}

@@ -1,0 +1,83 @@
+"""Which shards a loader worker reads, in which order: epoch mode and resampled mode.
+
+Epoch mode: a permutation of all shards seeded by (seed, epoch), split by rank, then by loader
+worker, so that each sample is read exactly once per epoch across ranks x workers. Every worker
+walks the epochs on its own (each epoch's split is deterministic), so the stream needs no shared
+epoch counter; ``epochs`` bounds it (None: endless).
+
+Resampled mode: shards drawn with replacement, a source picked by weight and then a shard of it
+uniformly, from a generator seeded by (seed, rank, worker): endless, independent per reader, for
+multi-node streams and for mixing sources at chosen rates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+import webdataset as wds
+
+from vlp.data.shards import ShardSource
+
+
+def worker_info() -> tuple[int, int]:
+    """(this loader worker's id, number of workers); (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class EpochShardStream(torch.utils.data.IterableDataset):
+    """{"url", "epoch"} dicts: per-epoch shuffled shards of this rank and worker."""
+
+    def __init__(self, urls: Sequence[str], seed: int, rank: int = 0, world_size: int = 1,
+                 epochs: Optional[int] = None) -> None:
+        super().__init__()
+        self.urls, self.seed, self.rank, self.world_size, self.epochs = list(urls), seed, rank, world_size, epochs
+
+    def __iter__(self) -> Iterator[Dict[str, object]]:
+        worker, num_workers = worker_info()
+        for epoch in itertools.count() if self.epochs is None else range(self.epochs):
+            order = list(self.urls)
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            mine = order[self.rank::self.world_size][worker::num_workers]
+            if not mine:
+                return  # build_train_loader refuses this case; never spin on an empty split
+            for url in mine:
+                yield {"url": url, "epoch": epoch}
+
+
+class ResampledShardStream(torch.utils.data.IterableDataset):
+    """Endless {"url", "epoch"} dicts drawn with replacement: a source by weight, then one of its shards.
+    "epoch" counts passes' worth of draws (draws // shards) so captions still vary per pass."""
+
+    def __init__(self, sources: Sequence[ShardSource], seed: int, rank: int = 0) -> None:
+        super().__init__()
+        self.sources, self.seed, self.rank = list(sources), seed, rank
+
+    def __iter__(self) -> Iterator[Dict[str, object]]:
+        worker, _ = worker_info()
+        rng = random.Random(f"{self.seed}/{self.rank}/{worker}")
+        weights = [s.weight for s in self.sources]
+        total = sum(len(s.urls) for s in self.sources)
+        for draw in itertools.count():
+            source = rng.choices(self.sources, weights=weights)[0] if len(self.sources) > 1 else self.sources[0]
+            yield {"url": rng.choice(source.urls), "epoch": draw // total}
+
+
+def read_samples(shards: Iterator[Dict[str, object]], handler) -> Iterator[Dict[str, object]]:
+    """Raw samples of each shard (opened through webdataset's gopen), tagged with "__epoch__"."""
+    for shard in shards:
+        for sample in wds.tarfile_samples([{"url": shard["url"]}], handler=handler):
+            sample["__epoch__"] = shard["epoch"]
+            yield sample
+
+
+def shard_stream(sources: List[ShardSource], *, resampled: bool, seed: int, rank: int, world_size: int,
+                 epochs: Optional[int]) -> torch.utils.data.IterableDataset:
+    """The shard stream of this rank for ``sources`` in the chosen mode."""
+    if resampled:
+        return ResampledShardStream(sources, seed=seed, rank=rank)
+    urls = [u for s in sources for u in s.urls]
+    return EpochShardStream(urls, seed=seed, rank=rank, world_size=world_size, epochs=epochs)
