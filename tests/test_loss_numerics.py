@@ -49,3 +49,32 @@ def test_half_precision_inputs_are_computed_in_float32(key, dtype):
     loss_full = compute_objective(full, [_term(key)])["total"]
     assert loss_half.dtype == torch.float32 and torch.isfinite(loss_half)
     assert loss_half.item() == pytest.approx(loss_full.item(), rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.parametrize("key", sorted(TERMS))
+def test_terms_under_bf16_autocast_are_float32_and_finite(key):
+    from vlp.models.dual_encoder import DualEncoder
+    from tiny_arch import TINY_ARCH
+
+    torch.manual_seed(0)
+    model = DualEncoder(TINY_ARCH, init_logit_bias=-10.0)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, 16, 16, generator=g)
+    tokens = torch.tensor([[62, 5, 9, 63, 0, 0, 0, 0], [62, 7, 63, 0, 0, 0, 0, 0]] * 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(images, tokens, neg_text=tokens.flip(0)[:, None].expand(4, K, 8).contiguous(),
+                        image_aug=images.flip(-1), text_aug=tokens.flip(0))
+        assert outputs["image_emb"].dtype == torch.bfloat16  # the towers did run in bf16
+        outputs["caption_logits"] = (outputs["image_emb"][:, :1, None] + torch.randn(4, L, V, generator=g)).to(torch.bfloat16)
+        outputs["caption_labels"] = torch.randint(1, V, (4, L), generator=g)
+        torch.manual_seed(1)
+        loss = compute_objective(outputs, [_term(key)])["total"]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    # the same bf16 embeddings, upcast by hand and scored without autocast: a term whose matmuls
+    # ran in bf16 under autocast would be off by ~1e-2 here
+    plain = {k: (v.detach().float() if v.is_floating_point() else v) for k, v in outputs.items()}
+    torch.manual_seed(1)
+    reference = compute_objective(plain, [_term(key)])["total"]
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6, abs=1e-6), key
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -60,9 +60,13 @@ def compute_objective(outputs: Dict[str, torch.Tensor], terms: Sequence[Any]) ->
     """Every configured term by name plus ``total`` = sum of weight * term."""
     losses: Dict[str, torch.Tensor] = {}
     total = None
-    for spec in terms:
-        value = LOSS_TERMS[spec.name](outputs, **dict(spec.options))
-        losses[spec.name] = value
-        total = spec.weight * value if total is None else total + spec.weight * value
+    device = next(v.device for v in outputs.values() if isinstance(v, torch.Tensor))
+    # Objectives run outside autocast: under it a matmul of float32 inputs would still run in
+    # bf16/fp16. Each term casts its inputs up to at least float32 itself.
+    with torch.autocast(device_type=device.type, enabled=False):
+        for spec in terms:
+            value = LOSS_TERMS[spec.name](outputs, **dict(spec.options))
+            losses[spec.name] = value
+            total = spec.weight * value if total is None else total + spec.weight * value
     losses["total"] = total
     return losses
