@@ -95,3 +95,21 @@ def test_matches_open_clip_clip_loss_value_and_gradients():
     assert ours.item() == pytest.approx(anchor.item(), abs=1e-12)
     for a, b in zip(torch.autograd.grad(ours, (image, text, scale)), torch.autograd.grad(anchor, (image, text, scale))):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("terms, overrides, message", [
+    ("[{name: negclip}]", [], "needs data.num_negatives >= 1"),
+    ("[{name: siglip}]", [], "needs model.init_logit_bias"),
+    ("[{name: intra_modal, options: {modalities: image}}]", [], "needs data.image_views=2"),
+    ("[{name: mv_infonce}]", [], "needs data.image_views=2 or data.text_views=2"),
+])
+def test_terms_whose_inputs_are_not_configured_fail_at_start(terms, overrides, message):
+    from vlp.config import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/tiny.yaml", [f"loss.terms={terms}", *overrides])
+    # and the same terms load once their inputs are configured
+    fixes = {"negclip": "data.num_negatives=2", "siglip": "model.init_logit_bias=-10.0",
+             "intra_modal": "data.image_views=2", "mv_infonce": "data.text_views=2"}
+    name = terms.split("name: ")[1].split("}")[0].split(",")[0]
+    assert load_config("configs/tiny.yaml", [f"loss.terms={terms}", fixes[name]]).loss.terms[0].name == name

@@ -247,6 +247,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        from vlp.losses.registry import check_term_inputs
+
+        check_term_inputs(self)
+
 
 def _valid_keys(schema: Any, prefix: str = "") -> List[str]:
     """All dotted keys of a dataclass tree, for 'did you mean' messages."""

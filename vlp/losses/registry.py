@@ -56,6 +56,31 @@ def validate_terms(terms: Sequence[Any]) -> None:
                                   f"(valid: {', '.join(valid) or 'none'})")
 
 
+def check_term_inputs(cfg: Any) -> None:
+    """Fail at start-up when a term needs model outputs the data or model config will not produce."""
+    from vlp.config import ConfigError
+
+    for i, spec in enumerate(cfg.loss.terms):
+        options = dict(spec.options)
+        needs = []
+        if spec.name == "negclip" and cfg.data.num_negatives < 1:
+            needs.append("data.num_negatives >= 1 (shards with key.neg.json: python -m data_prep negatives)")
+        if spec.name == "siglip" and cfg.model.init_logit_bias is None:
+            needs.append("model.init_logit_bias (SigLIP: -10, with model.init_logit_scale=2.302585)")
+        if spec.name == "intra_modal":
+            modalities = options.get("modalities", "both")
+            if modalities in ("both", "image") and cfg.data.image_views < 2:
+                needs.append("data.image_views=2")
+            if modalities in ("both", "text") and cfg.data.text_views < 2:
+                needs.append("data.text_views=2")
+        if spec.name == "mv_infonce" and cfg.data.image_views < 2 and cfg.data.text_views < 2:
+            needs.append("data.image_views=2 or data.text_views=2 (more than two views)")
+        if spec.name == "caption":
+            needs.append("a captioning head, which this model does not have yet")
+        if needs:
+            raise ConfigError(f"loss.terms[{i}] ({spec.name}) needs " + " and ".join(needs))
+
+
 def compute_objective(outputs: Dict[str, torch.Tensor], terms: Sequence[Any]) -> Dict[str, torch.Tensor]:
     """Every configured term by name plus ``total`` = sum of weight * term."""
     losses: Dict[str, torch.Tensor] = {}
