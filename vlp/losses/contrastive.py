@@ -14,7 +14,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from vlp.losses.distributed import gather_with_grad, world_info
+from vlp.losses.distributed import gather_with_grad, global_pairs
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
@@ -24,17 +24,9 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     ``image_emb``, ``text_emb``: this rank's L2-normalised embeddings [B, D]; negatives come from
     every rank. Returns this rank's share: mean over its rows of (CE(image->text) + CE(text->image)) / 2.
     """
-    rank, _ = world_info()
-    dtype = torch.promote_types(image_emb.dtype, torch.float32)  # half/bf16 -> float32, float64 stays
-    image_emb, text_emb = image_emb.to(dtype), text_emb.to(dtype)
-    all_image = gather_with_grad(image_emb)
-    all_text = gather_with_grad(text_emb)
-    scale = logit_scale.to(dtype)
-    logits_per_image = scale * image_emb @ all_text.T
-    logits_per_text = scale * text_emb @ all_image.T
-    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + rank * image_emb.shape[0]
-    loss_i = F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
-    loss_t = F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)
+    g = global_pairs(image_emb, text_emb, logit_scale)
+    loss_i = F.cross_entropy(g.scale * g.image @ g.all_text.T, g.positives, label_smoothing=label_smoothing)
+    loss_t = F.cross_entropy(g.scale * g.text @ g.all_image.T, g.positives, label_smoothing=label_smoothing)
     return (loss_i + loss_t) / 2
 
 
@@ -44,23 +36,17 @@ def decoupled_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale:
     both directions, over the global batch. With ``positive_weight_sigma`` (DCLW) each positive
     term is weighted by 2 - exp(s_ii / sigma) / mean_k exp(s_kk / sigma) (weights from the
     detached local positives' cosine similarities)."""
-    rank, _ = world_info()
-    dtype = torch.promote_types(image_emb.dtype, torch.float32)
-    image_emb, text_emb, scale = image_emb.to(dtype), text_emb.to(dtype), logit_scale.to(dtype)
-    all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
-    batch = image_emb.shape[0]
-    own = torch.arange(batch, device=image_emb.device) + rank * batch
-    positive = scale * (image_emb * text_emb).sum(dim=1)
+    g = global_pairs(image_emb, text_emb, logit_scale)
+    positive = g.scale * (g.image * g.text).sum(dim=1)
     weight = torch.ones_like(positive)
     if positive_weight_sigma is not None:
-        cos = (image_emb * text_emb).sum(dim=1).detach() / positive_weight_sigma
+        cos = (g.image * g.text).sum(dim=1).detach() / positive_weight_sigma
         everyone = gather_with_grad(cos)  # detached: the weights carry no gradient
         peak = everyone.max()
         weight = 2 - torch.exp(cos - peak) / torch.exp(everyone - peak).mean()
     total = positive.new_zeros(())
-    for queries, keys in ((image_emb, all_text), (text_emb, all_image)):
-        logits = scale * queries @ keys.T
-        logits = logits.scatter(1, own[:, None], float("-inf"))
+    for queries, keys in ((g.image, g.all_text), (g.text, g.all_image)):
+        logits = (g.scale * queries @ keys.T).scatter(1, g.positives[:, None], float("-inf"))
         total = total + (torch.logsumexp(logits, dim=1) - weight * positive).mean()
     return total / 2
 
@@ -69,16 +55,12 @@ def negclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, neg_text_emb: 
                  logit_scale: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """NegCLIP: CLIP whose image->text logits gain extra columns, the hard-negative captions of
     every sample of the global batch ([B, K, D] per rank); text->image is the plain CLIP row."""
-    rank, _ = world_info()
-    dtype = torch.promote_types(image_emb.dtype, torch.float32)
-    image_emb, text_emb, scale = image_emb.to(dtype), text_emb.to(dtype), logit_scale.to(dtype)
-    negatives = gather_with_grad(neg_text_emb.to(dtype).flatten(0, 1))
-    all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
-    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + rank * image_emb.shape[0]
-    logits_per_image = scale * image_emb @ torch.cat([all_text, negatives]).T
-    logits_per_text = scale * text_emb @ all_image.T
-    return (F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
-            + F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)) / 2
+    g = global_pairs(image_emb, text_emb, logit_scale)
+    negatives = gather_with_grad(neg_text_emb.to(g.image.dtype).flatten(0, 1))
+    logits_per_image = g.scale * g.image @ torch.cat([g.all_text, negatives]).T
+    logits_per_text = g.scale * g.text @ g.all_image.T
+    return (F.cross_entropy(logits_per_image, g.positives, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits_per_text, g.positives, label_smoothing=label_smoothing)) / 2
 
 
 def dcl_term(outputs: Dict[str, torch.Tensor], positive_weight_sigma: Optional[float] = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ Works with gloo (CPU) and NCCL; needs equal batch sizes on every rank.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
 import torch.distributed as dist
@@ -67,3 +67,24 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if world == 1:
         return tensor
     return _AllReduceWithGrad.apply(tensor)
+
+
+class GlobalPairs(NamedTuple):
+    """This rank's image/text embeddings and scale in at least float32, both modalities gathered
+    from every rank (with gradient), and the global column of each local row's positive."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    scale: torch.Tensor
+    all_image: torch.Tensor
+    all_text: torch.Tensor
+    positives: torch.Tensor
+
+
+def global_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> GlobalPairs:
+    """The common start of every pairwise objective (half/bf16 -> float32; float64 stays)."""
+    rank, _ = world_info()
+    dtype = torch.promote_types(image_emb.dtype, torch.float32)
+    image, text = image_emb.to(dtype), text_emb.to(dtype)
+    positives = torch.arange(image.shape[0], device=image.device) + rank * image.shape[0]
+    return GlobalPairs(image, text, logit_scale.to(dtype), gather_with_grad(image), gather_with_grad(text), positives)

@@ -21,62 +21,55 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from vlp.losses.distributed import gather_with_grad, world_info
+from vlp.losses.distributed import gather_with_grad, global_pairs, world_info
 
 
 def mochi_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, hardest: int = 16,
                synthetic: int = 8, query_mixed: int = 0) -> torch.Tensor:
     """Symmetric InfoNCE whose image->text rows gain MoCHi's synthetic hard negatives."""
+    g = global_pairs(image_emb, text_emb, logit_scale)
     rank, _ = world_info()
-    dtype = torch.promote_types(image_emb.dtype, torch.float32)
-    image_emb, text_emb, scale = image_emb.to(dtype), text_emb.to(dtype), logit_scale.to(dtype)
-    all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
-    batch, total = image_emb.shape[0], all_text.shape[0]
-    labels = torch.arange(batch, device=image_emb.device) + rank * batch
-    logits_per_image = scale * image_emb @ all_text.T
+    batch, total, dtype, device = g.image.shape[0], g.all_text.shape[0], g.image.dtype, g.image.device
+    logits_per_image = g.scale * g.image @ g.all_text.T
     hardest = min(hardest, total - 1)
     with torch.no_grad():
-        sims = (image_emb @ all_text.T).scatter(1, labels[:, None], float("-inf"))
-        hard = all_text[sims.topk(hardest, dim=1).indices]                         # [B, H, D]
+        sims = (g.image @ g.all_text.T).scatter(1, g.positives[:, None], float("-inf"))
+        hard = g.all_text[sims.topk(hardest, dim=1).indices]                         # [B, H, D]
         rows = slice(rank * batch, (rank + 1) * batch)
-        pairs = torch.randint(hardest, (total, synthetic, 2), device=image_emb.device)[rows]
-        alpha = torch.rand(total, synthetic, 1, device=image_emb.device, dtype=dtype)[rows]
+        pairs = torch.randint(hardest, (total, synthetic, 2), device=device)[rows]
+        alpha = torch.rand(total, synthetic, 1, device=device, dtype=dtype)[rows]
         pick = lambda k: hard.gather(1, pairs[:, :, k, None].expand(-1, -1, hard.shape[-1]))  # noqa: E731
         mixed = [F.normalize(alpha * pick(0) + (1 - alpha) * pick(1), dim=-1)]
         if query_mixed:
-            which = torch.randint(hardest, (total, query_mixed), device=image_emb.device)[rows]
-            beta = 0.5 * torch.rand(total, query_mixed, 1, device=image_emb.device, dtype=dtype)[rows]
+            which = torch.randint(hardest, (total, query_mixed), device=device)[rows]
+            beta = 0.5 * torch.rand(total, query_mixed, 1, device=device, dtype=dtype)[rows]
             chosen = hard.gather(1, which[:, :, None].expand(-1, -1, hard.shape[-1]))
-            mixed.append(F.normalize(beta * image_emb[:, None, :] + (1 - beta) * chosen, dim=-1))
+            mixed.append(F.normalize(beta * g.image[:, None, :] + (1 - beta) * chosen, dim=-1))
         mixed = torch.cat(mixed, dim=1)                                                 # [B, S, D]
-    extra = scale * torch.einsum("bd,bsd->bs", image_emb, mixed)
-    loss_i = F.cross_entropy(torch.cat([logits_per_image, extra], dim=1), labels)
-    loss_t = F.cross_entropy(scale * text_emb @ all_image.T, labels)
+    extra = g.scale * torch.einsum("bd,bsd->bs", g.image, mixed)
+    loss_i = F.cross_entropy(torch.cat([logits_per_image, extra], dim=1), g.positives)
+    loss_t = F.cross_entropy(g.scale * g.text @ g.all_image.T, g.positives)
     return (loss_i + loss_t) / 2
 
 
 def cacr_weighted_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
                             attract: float = 0.0, repel: float = 0.0) -> torch.Tensor:
     """Symmetric InfoNCE with CACR weights; attract = repel = 0 is the plain CLIP loss."""
-    rank, _ = world_info()
-    dtype = torch.promote_types(image_emb.dtype, torch.float32)
-    image_emb, text_emb, scale = image_emb.to(dtype), text_emb.to(dtype), logit_scale.to(dtype)
-    all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
-    batch = image_emb.shape[0]
-    own = torch.arange(batch, device=image_emb.device) + rank * batch
+    g = global_pairs(image_emb, text_emb, logit_scale)
+    own = g.positives
     with torch.no_grad():
-        distance = (image_emb - text_emb).pow(2).sum(dim=1)
+        distance = (g.image - g.text).pow(2).sum(dim=1)
         everyone = gather_with_grad(distance)
         peak = everyone.max()
         positive_weight = torch.exp(attract * (distance - peak)) / torch.exp(attract * (everyone - peak)).mean()
-    total = image_emb.new_zeros(())
-    for queries, keys in ((image_emb, all_text), (text_emb, all_image)):
+    total = g.image.new_zeros(())
+    for queries, keys in ((g.image, g.all_text), (g.text, g.all_image)):
         cosine = queries @ keys.T
         with torch.no_grad():
             log_w = (repel * cosine).scatter(1, own[:, None], float("-inf"))
             log_w = log_w - torch.logsumexp(log_w, dim=1, keepdim=True) + math.log(keys.shape[0] - 1)
             log_w = log_w.scatter(1, own[:, None], 0.0)  # the positive keeps weight 1 in the denominator
-        logits = scale * cosine
+        logits = g.scale * cosine
         positive = logits.gather(1, own[:, None]).squeeze(1)
         total = total + (torch.logsumexp(logits + log_w, dim=1) - positive_weight * positive).mean()
     return total / 2
