@@ -53,7 +53,7 @@ def _samples(path: Path) -> dict[str, dict[str, bytes]]:
         for m in tar.getmembers():
             key, ext = m.name.split(".", 1)
             f = tar.extractfile(m)
-            assert f is not None
+            assert f is not None, f"{m.name} is not a regular file"
             out.setdefault(key, {})[ext] = f.read()
     return out
 
