@@ -7,9 +7,8 @@ from collections import Counter
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from eval.datasets import CompositionalShards, batches, split_skipped
+from eval.datasets import CompositionalShards, RecordBatches
 from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode, model_device
 from eval.metrics import caption_selection
 
@@ -34,14 +33,10 @@ def evaluate_compositional(
     device = device if device is not None else model_device(model)
     positive, negatives, owner, types = [], [], [], []
     count_per_type: Counter[str] = Counter()
-    skipped = n = 0
-    with eval_mode(model), tqdm(desc=f"compositional {dataset.name}", unit="img", disable=not progress) as bar:
-        for items in batches(dataset, batch_size, num_workers):
-            records, dropped = split_skipped(items)
-            skipped += len(dropped)
-            bar.update(len(items))
-            if not records:
-                continue
+    n = 0
+    records_in = RecordBatches(dataset, batch_size, num_workers, f"compositional {dataset.name}", progress)
+    with eval_mode(model):
+        for records in records_in:
             images = encode_image_batch(model, [r.image for r in records], device)
             texts = [t for r in records for t in [r.caption, *r.negatives]]
             text_emb = encode_texts(model, loaded.tokenizer, texts, batch_size, device)
@@ -68,5 +63,5 @@ def evaluate_compositional(
         "metrics": metrics,
         "count_per_type": dict(sorted(count_per_type.items())),
         "num_samples": n,
-        "skipped": skipped,
+        "skipped": records_in.skipped,
     }

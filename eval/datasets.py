@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
+from tqdm import tqdm
 import webdataset as wds
 from PIL import Image
 
@@ -247,6 +248,26 @@ def batches(dataset: ShardReader, batch_size: int, num_workers: int = 0) -> Iter
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
     )
     yield from loader
+
+
+class RecordBatches:
+    """Iterate lists of good records of ``dataset`` with a progress bar; ``skipped`` counts the
+    samples dropped on the way (each one logged). Batches with no good record are not yielded."""
+
+    def __init__(self, dataset: ShardReader, batch_size: int, num_workers: int = 0, desc: str = "",
+                 progress: bool = True) -> None:
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.desc, self.progress = desc or dataset.name, progress
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        with tqdm(desc=self.desc, unit="img", disable=not self.progress) as bar:
+            for items in batches(self.dataset, self.batch_size, self.num_workers):
+                records, dropped = split_skipped(items)
+                self.skipped += len(dropped)
+                bar.update(len(items))
+                if records:
+                    yield records
 
 
 def split_skipped(items: list[Any]) -> tuple[list[Any], list[Skipped]]:

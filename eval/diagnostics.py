@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
 
-from eval.datasets import RetrievalShards, batches, split_skipped
-from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode, model_device
+from eval.embed import EvalModel
 from eval.metrics import positive_pairs
+from eval.retrieval import encode_retrieval_set
 from vlp.utils.atomic import write_bytes_atomic
 
 TASK = "embedding_diagnostics"
@@ -148,37 +147,19 @@ def evaluate_diagnostics(
     over [-1, 1]), num_images, num_texts, skipped, and histogram_png when ``histogram_path`` is
     given (the PNG is written there atomically).
     """
-    dataset = RetrievalShards(dataset_dir, transform=loaded.image_transform)
-    model = loaded.model
-    device = device if device is not None else model_device(model)
-    image_chunks, text_chunks, text_to_image = [], [], []
-    skipped = num_images = 0
-    with eval_mode(model), tqdm(desc=f"diagnostics {dataset.name}", unit="img", disable=not progress) as bar:
-        for items in batches(dataset, batch_size, num_workers):
-            records, dropped = split_skipped(items)
-            skipped += len(dropped)
-            bar.update(len(items))
-            if not records:
-                continue
-            image_chunks.append(encode_image_batch(model, [r.image for r in records], device))
-            text_chunks.append(encode_texts(model, loaded.tokenizer, [c for r in records for c in r.captions],
-                                            batch_size, device))
-            text_to_image.extend(num_images + i for i, r in enumerate(records) for _ in r.captions)
-            num_images += len(records)
-    images = torch.cat(image_chunks) if image_chunks else torch.zeros(0, 1)
-    texts = torch.cat(text_chunks) if text_chunks else torch.zeros(0, images.shape[1])
-    owners = torch.tensor(text_to_image, dtype=torch.long)
+    enc = encode_retrieval_set(loaded, dataset_dir, batch_size, device, num_workers, progress, desc="diagnostics")
+    images, texts, owners = enc.images, enc.texts, enc.text_to_image
     positive, negative = similarity_split(texts.double() @ images.double().T, owners)
     pos_hist, neg_hist = histogram(positive, bins), histogram(negative, bins)
     result: dict[str, Any] = {
-        "dataset": dataset.name,
+        "dataset": enc.dataset,
         "model": loaded.name,
         "task": TASK,
         "metrics": embedding_metrics(images, texts, owners),
         "histogram": {"bins": bins, "low": -1.0, "high": 1.0, "positive": pos_hist, "negative": neg_hist},
         "num_images": int(images.shape[0]),
         "num_texts": int(texts.shape[0]),
-        "skipped": skipped,
+        "skipped": enc.skipped,
     }
     if histogram_path is not None:
         write_bytes_atomic(histogram_path, histogram_png(pos_hist, neg_hist))

@@ -6,9 +6,8 @@ import os
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm import tqdm
 
-from eval.datasets import ClassificationShards, batches, split_skipped
+from eval.datasets import ClassificationShards, RecordBatches
 from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode, model_device
 from eval.metrics import build_classifier, per_class_recall, zeroshot_logits, zeroshot_metrics
 
@@ -52,14 +51,10 @@ def evaluate_zeroshot(
     model = loaded.model
     device = device if device is not None else model_device(model)
     classifier = zeroshot_classifier(model, loaded.tokenizer, dataset.classnames, dataset.templates, batch_size, device)
-    logits, targets, skipped = [], [], 0
-    with eval_mode(model), tqdm(desc=f"zeroshot {dataset.name}", unit="img", disable=not progress) as bar:
-        for items in batches(dataset, batch_size, num_workers):
-            records, dropped = split_skipped(items)
-            skipped += len(dropped)
-            bar.update(len(items))
-            if not records:
-                continue
+    logits, targets = [], []
+    records_in = RecordBatches(dataset, batch_size, num_workers, f"zeroshot {dataset.name}", progress)
+    with eval_mode(model):
+        for records in records_in:
             emb = encode_image_batch(model, [r.image for r in records], device)
             logits.append(zeroshot_logits(emb, classifier))
             targets.append(torch.tensor([r.label for r in records], dtype=torch.long))
@@ -78,5 +73,5 @@ def evaluate_zeroshot(
             name: (None if r != r else r) for name, r in zip(dataset.classnames, recall)  # NaN -> None
         },
         "num_samples": int(all_targets.numel()),
-        "skipped": skipped,
+        "skipped": records_in.skipped,
     }
