@@ -1,52 +1,90 @@
-"""``vlp-eval`` / ``python -m eval``: run one eval task, or the built-in suite, and write JSON.
+"""``vlp-eval`` / ``python -m eval``: evaluate a checkpoint on many tasks at once, or on one.
 
-    python -m eval zeroshot|retrieval|compositional --model RUN_OR_CKPT --dataset DIR --output FILE.json
-    python -m eval builtin --model RUN_OR_CKPT --root DIR --output-dir DIR
+    python -m eval run --model M --tasks zeroshot,retrieval,compositionality,diagnostics,linear_probe \\
+        --datasets [KIND:]PATH,... --output DIR          # JSON per task, results.csv, summary.md
+    python -m eval zeroshot|retrieval|diagnostics|linear_probe|compositional --model M --dataset D --output F.json
     python -m eval aro --subset vg_relation|vg_attribution|coco_order|flickr30k_order --model M --dataset DIR --output F
     python -m eval sugarcrepe [--subset replace_obj,...] [--image-root DIR] --model M --dataset DIR --output F
-    python -m eval winoground|diagnostics --model M --dataset DIR --output FILE.json
+    python -m eval winoground --model M --dataset DIR --output F.json
+    python -m eval builtin --model M --root DIR --output-dir DIR
+
+M is a run directory or checkpoint of ours, an open_clip checkpoint file (with --model-config: an
+open_clip model name or model-config JSON), an open_clip local-dir export, or a local transformers
+CLIP directory. Embeddings are cached on disk by model and dataset content (--cache-dir, default
+$VLP_CACHE_DIR or ~/.cache/vlp/eval; --no-cache to turn off). Data parallel: start it with
+``torchrun --nproc_per_node N -m eval run ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from eval.report import write_result
-from eval.suite import BUILTIN_TASKS, format_table
+from eval.suite import format_table
 
-SINGLE_TASKS = tuple(BUILTIN_TASKS)  # zeroshot, retrieval, compositional
-FORMAT_TASKS = ("aro", "sugarcrepe", "winoground", "diagnostics")  # published formats and diagnostics
+ENCODER_TASKS = ("zeroshot", "retrieval", "diagnostics", "linear_probe", "compositional")
+FORMAT_TASKS = ("aro", "sugarcrepe", "winoground")  # published formats, scored by caption choice
+#: single-task sub-command -> (task name of ``eval run``, dataset kind)
+SINGLE = {"zeroshot": ("zeroshot", "classification"), "retrieval": ("retrieval", "retrieval"),
+          "diagnostics": ("diagnostics", "retrieval"), "linear_probe": ("linear_probe", "classification"),
+          "compositional": ("compositionality", "compositional")}
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("VLP_CACHE_DIR"):
+        return Path(os.environ["VLP_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vlp" / "eval"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="run directory or checkpoint file of ours")
+    parser.add_argument("--model", required=True,
+                        help="run dir or checkpoint of ours, open_clip checkpoint or local-dir, or transformers CLIP dir")
+    parser.add_argument("--model-config", default=None,
+                        help="for an open_clip checkpoint file: open_clip model name or model-config JSON")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="evaluate despite activation/tokenizer/context mismatches (reported in the JSON)")
     parser.add_argument("--batch-size", type=int, default=256, help="images (and texts) per forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    parser.add_argument("--cache-dir", default=None, help="embedding cache folder (default $VLP_CACHE_DIR or ~/.cache/vlp/eval)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser with one sub-command per task plus ``builtin``."""
-    parser = argparse.ArgumentParser(prog="vlp-eval", description="Evaluate a vlp model (CLIP_benchmark metrics).")
+    """The argparse parser: ``run``, one sub-command per task, and ``builtin``."""
+    parser = argparse.ArgumentParser(prog="vlp-eval", description="Evaluate a CLIP model (CLIP_benchmark metrics).")
     sub = parser.add_subparsers(dest="command", required=True)
+    from eval.aro import SUBSETS as ARO_SUBSETS
+    from eval.run import KINDS, TASKS
+    from eval.sugarcrepe import SUBSETS as SUGARCREPE_SUBSETS
+
+    run = sub.add_parser("run", help="several tasks on several datasets; JSON per task, CSV, markdown")
+    _add_common(run)
+    run.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    run.add_argument("--datasets", required=True, nargs="+",
+                     help=f"[KIND:]PATH items (comma- or space-separated); KIND one of {', '.join(KINDS)}")
+    run.add_argument("--output", required=True, help="output folder")
+    run.add_argument("--aro-exclude", default="", help="comma-separated ARO relations/attribute pairs to leave out")
+    run.add_argument("--grid-queries", type=int, default=4, help="text queries in the retrieval top-5 PNG (0: none)")
+
     helps = {"aro": "ARO VG-Relation/VG-Attribution/COCO-Order/Flickr30k-Order from the published files",
              "sugarcrepe": "SugarCrepe subsets from the published JSON files and COCO val2017 images",
              "winoground": "Winoground from examples.jsonl and images/",
-             "diagnostics": "modality gap, uniformity, alignment, effective rank, similarity histogram PNG"}
+             "diagnostics": "modality gap, uniformity, alignment, effective rank, similarity histogram PNG",
+             "linear_probe": "logistic regression on frozen image features (train/test splits)"}
     tasks = {}
-    for name in SINGLE_TASKS + FORMAT_TASKS:
+    for name in ENCODER_TASKS + FORMAT_TASKS:
         task = tasks[name] = sub.add_parser(name, help=helps.get(name, f"run the {name} task on one dataset"))
         _add_common(task)
-        task.add_argument("--dataset", required=True, help="dataset directory (see the task module for its layout)")
+        task.add_argument("--dataset", required=True, help="dataset folder or file (see `eval run` for the formats)")
         task.add_argument("--output", required=True, help="result JSON file to write")
-    from eval.aro import SUBSETS as ARO_SUBSETS
-    from eval.sugarcrepe import SUBSETS as SUGARCREPE_SUBSETS
-
     tasks["aro"].add_argument("--subset", required=True, choices=ARO_SUBSETS, help="which ARO set")
     tasks["aro"].add_argument("--exclude", default="", help="comma-separated relations/attribute pairs to leave out")
     tasks["sugarcrepe"].add_argument("--subset", default=",".join(SUGARCREPE_SUBSETS),
@@ -55,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="COCO val2017 folder (default DIR/val2017 or DIR)")
     tasks["diagnostics"].add_argument("--histogram", default=None,
                                       help="similarity histogram PNG (default: the output path with .png)")
-    builtin = sub.add_parser("builtin", help="run all tasks on ROOT/{zeroshot,retrieval,compositional}")
+    builtin = sub.add_parser("builtin", help="all tasks on ROOT/{zeroshot,retrieval,compositional}")
     _add_common(builtin)
     builtin.add_argument("--root", required=True, help="folder holding zeroshot/, retrieval/, compositional/")
     builtin.add_argument("--output-dir", required=True, help="folder for <task>.json results")
@@ -77,14 +115,32 @@ def _check_args(args: argparse.Namespace) -> None:
         if unknown:
             choices = ", ".join(SUGARCREPE_SUBSETS)
             raise ValueError(f"unknown SugarCrepe subset(s) {', '.join(unknown)}; choose from {choices}")
-    data = args.root if args.command == "builtin" else args.dataset
-    if not Path(data).is_dir():
+    if args.command == "run":
+        return
+    data = Path(args.root if args.command == "builtin" else args.dataset)
+    if args.command in FORMAT_TASKS + ("builtin",) and not data.is_dir():
         raise FileNotFoundError(f"dataset folder {data} does not exist")
+    if not data.exists():
+        raise FileNotFoundError(f"dataset {data} does not exist")
 
 
-def _run_format_task(loaded: Any, args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
-    """Dispatch one of FORMAT_TASKS (the published-format loaders take no ``num_workers``)."""
-    common = {k: v for k, v in options.items() if k != "num_workers"}
+def make_encoder(args: argparse.Namespace) -> Any:
+    """Runtime (one or many ranks), cache and lazily loaded model for ``args``."""
+    from eval.cache import EmbeddingCache
+    from eval.encoder import EncodeOptions, Encoder
+    from eval.parallel import init_runtime
+    from eval.run import model_source
+
+    runtime = init_runtime(args.device)
+    cache = EmbeddingCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
+    source = model_source(args.model, cache, device=runtime.device, model_config=args.model_config,
+                          allow_mismatch=args.allow_mismatch)
+    options = EncodeOptions(args.batch_size, args.num_workers, not args.no_progress)
+    return Encoder(source, cache, runtime, options)
+
+
+def _run_format_task(loaded: Any, args: argparse.Namespace, device: str) -> dict[str, Any]:
+    common = dict(batch_size=args.batch_size, device=device, progress=not args.no_progress)
     if args.command == "aro":
         from eval.aro import evaluate_aro
 
@@ -95,45 +151,65 @@ def _run_format_task(loaded: Any, args: argparse.Namespace, options: dict[str, A
 
         subsets = [s.strip() for s in args.subset.split(",") if s.strip()]
         return evaluate_sugarcrepe(loaded, args.dataset, subsets, image_root=args.image_root, **common)
-    if args.command == "winoground":
-        from eval.winoground import evaluate_winoground
+    from eval.winoground import evaluate_winoground
 
-        return evaluate_winoground(loaded, args.dataset, **common)
-    from eval.diagnostics import evaluate_diagnostics
+    return evaluate_winoground(loaded, args.dataset, **common)
 
-    histogram = args.histogram or str(Path(args.output).with_suffix(".png"))
-    return evaluate_diagnostics(loaded, args.dataset, histogram_path=histogram, **options)
+
+def _single_task(encoder: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One encoder task on one dataset, through the same code as ``eval run``."""
+    import tempfile
+
+    from eval.run import DatasetSpec, RunOptions, run_tasks
+
+    task, kind = SINGLE[args.command]
+    with tempfile.TemporaryDirectory() as scratch:
+        results = run_tasks(encoder, [task], [DatasetSpec(kind, Path(args.dataset))], scratch,
+                            RunOptions(args.batch_size, args.num_workers, not args.no_progress, grid_queries=0))
+        result = results[0]
+        if args.command == "diagnostics" and "histogram_png" in result:
+            target = Path(args.histogram or Path(args.output).with_suffix(".png"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(result["histogram_png"]).read_bytes())
+            result["histogram_png"] = str(target)
+    result.pop("path", None)
+    return result
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Load the model, run the requested task(s), write JSON; return {task: result}."""
-    from vlp.models.loading import load_model  # lazy: eval's own modules import without vlp.models
-
+    """Run what ``args`` asks for and write its files; return {label: result} (rank 0 writes)."""
     _check_args(args)
-    loaded = load_model(args.model, device=args.device)
-    options = dict(batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-                   progress=not args.no_progress)
-    results: dict[str, dict[str, Any]] = {}
+    encoder = make_encoder(args)
+    main = encoder.runtime.is_main
+    if args.command == "run":
+        from eval.run import RunOptions, parse_dataset_specs, parse_tasks, run_tasks
+
+        items = [i for chunk in args.datasets for i in chunk.split(",")]
+        options = RunOptions(args.batch_size, args.num_workers, not args.no_progress,
+                             tuple(e.strip() for e in args.aro_exclude.split(",") if e.strip()), args.grid_queries)
+        results = run_tasks(encoder, parse_tasks(args.tasks), parse_dataset_specs(items), args.output, options)
+        return {f"{r['dataset']}/{r['task']}": r for r in results}
     if args.command == "builtin":
         from eval.suite import evaluate_builtin
 
-        results = evaluate_builtin(loaded, args.root, **options)
+        results = evaluate_builtin(encoder.loaded, args.root, batch_size=args.batch_size, device=encoder.device,
+                                   num_workers=args.num_workers, progress=not args.no_progress)
         for name, result in results.items():
-            result["path"] = str(write_result(Path(args.output_dir) / f"{name}.json", result))
-    elif args.command in FORMAT_TASKS:
-        result = _run_format_task(loaded, args, options)
-        result["path"] = str(write_result(args.output, result))
-        results[args.command] = result
+            if main:
+                result["path"] = str(write_result(Path(args.output_dir) / f"{name}.json", result))
+        return results
+    if args.command in FORMAT_TASKS:
+        result = _run_format_task(encoder.loaded, args, str(encoder.device))
+        result.setdefault("model_warnings", encoder.model_warnings())
     else:
-        _, task = BUILTIN_TASKS[args.command]
-        result = task(loaded, args.dataset, **options)
+        result = _single_task(encoder, args)
+    if main:
         result["path"] = str(write_result(args.output, result))
-        results[args.command] = result
-    return results
+    return {args.command: result}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the process exit status (2 on a bad path or value)."""
+    """Console entry point; returns the process exit status (2 on a bad path, value or model)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
@@ -141,13 +217,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exn:
         print(f"vlp-eval: error: {exn}", file=sys.stderr)
         return 2
+    except Exception as exn:  # a model mismatch is refused with its own message
+        if type(exn).__name__ == "ModelMismatchError":
+            print(f"vlp-eval: error: {exn}\n(pass --allow-mismatch to evaluate anyway)", file=sys.stderr)
+            return 2
+        raise
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(format_table(results))
     for result in results.values():
         if result.get("skipped"):
             print(f"warning: {result['skipped']} corrupt sample(s) skipped in {result['dataset']}")
-        print(f"wrote {result['path']}")
-        if "histogram_png" in result:
-            print(f"wrote {result['histogram_png']}")
+        for warning in result.get("model_warnings", []) or []:
+            print(f"warning: model: {warning}")
+        for field in ("path", "histogram_png", "top5_grid_png"):
+            if field in result:
+                print(f"wrote {result[field]}")
+    if args.command == "run":
+        print(f"wrote {Path(args.output) / 'results.csv'} and {Path(args.output) / 'summary.md'}")
     return 0
 
 

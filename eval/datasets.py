@@ -15,6 +15,11 @@ Our compositional set: DIR/test/nshards.txt, DIR/test/N.tar, samples key.jpg + k
 Readers never raise on a bad sample: they yield a :class:`Skipped` marker (counted and reported
 by the task) for an undecodable image, a missing or malformed field, or an unreadable tar.
 A missing metadata file or shard is a configuration error and raises at construction.
+
+Every reader is an :class:`EvalDataset`: it knows the files that define its content (for the
+embedding cache), numbers its samples in dataset order (``record.index``), and can be cut into
+disjoint parts by ``index % parts`` (data-parallel ranks, then DataLoader workers inside a rank)
+so that gathered results sorted by index are the single-process results, in the same order.
 """
 
 from __future__ import annotations
@@ -40,22 +45,25 @@ Transform = Callable[[Image.Image], Any]
 
 
 class Skipped(NamedTuple):
-    """A sample (or a whole unreadable tar) that was dropped, and why."""
+    """A sample (or a whole unreadable tar, index -1) that was dropped, and why."""
 
     key: str
     reason: str
+    index: int = -1
 
 
 class ClassificationRecord(NamedTuple):
     key: str
-    image: Any  # transformed image (PIL image when no transform)
+    image: Any  # transformed image (PIL image when no transform; None when images are not decoded)
     label: int
+    index: int = -1  # position in dataset order, set by EvalDataset.__iter__
 
 
 class RetrievalRecord(NamedTuple):
     key: str
     image: Any
     captions: list[str]
+    index: int = -1
 
 
 class CompositionalRecord(NamedTuple):
@@ -64,6 +72,7 @@ class CompositionalRecord(NamedTuple):
     caption: str
     negatives: list[str]
     negative_types: list[str]
+    index: int = -1
 
 
 def read_lines(path: str | os.PathLike[str]) -> list[str]:
@@ -121,34 +130,117 @@ def _text(sample: dict[str, Any], field: str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class ShardReader(torch.utils.data.IterableDataset):
-    """Iterate samples of ``root/split`` shards in order; yields records or :class:`Skipped`."""
+class EvalDataset(torch.utils.data.IterableDataset):
+    """Base of every eval reader: samples in a fixed order, each parsed into a record or a
+    :class:`Skipped` marker, optionally restricted to one part of ``index % parts``.
+
+    Subclasses implement :meth:`samples` (cheap: no image decoding) and :meth:`content_files`.
+    ``decode_images = False`` makes records carry ``image=None`` (metadata-only passes, e.g. when
+    the image embeddings come from the cache).
+    """
+
+    name: str = "dataset"
+
+    def __init__(self, transform: Transform | None = None) -> None:
+        super().__init__()
+        self.transform = transform
+        self.decode_images = True
+        self.only_keys: set[str] | None = None  # when set, samples with other keys are passed over
+        self.part, self.num_parts = 0, 1
+
+    def partition(self, part: int, num_parts: int) -> "EvalDataset":
+        """Keep only every ``num_parts``-th sample from the ``part``-th on (counted over the
+        samples kept by ``only_keys``, so the parts stay balanced); returns self."""
+        if not 0 <= part < num_parts:
+            raise ValueError(f"part must be in [0, {num_parts}), got {part}")
+        self.part, self.num_parts = part, num_parts
+        return self
+
+    @abc.abstractmethod
+    def samples(self) -> Iterator[tuple[str, Callable[[], Any]]]:
+        """(key, parse) per sample in dataset order; ``parse()`` builds the record (it may raise).
+        A whole unreadable unit (a tar) may be reported as ``(key, None)`` plus a reason via
+        :meth:`unit_errors`."""
+
+    @abc.abstractmethod
+    def content_files(self) -> list[Path]:
+        """Every file whose bytes define the dataset (shards, metadata, images), for cache keys."""
+
+    def options_tag(self) -> str:
+        """What, besides file contents, decides the records: the reader class and its plain
+        options (split, column names, ...); part of the metadata cache key."""
+        skip = {"transform", "decode_images", "only_keys", "part", "num_parts"}
+        plain = {k: v for k, v in sorted(vars(self).items())
+                 if not k.startswith("_") and k not in skip and isinstance(v, (str, int, float, bool))}
+        return json.dumps([type(self).__name__, plain], sort_keys=True)
+
+    def unit_errors(self) -> list[Skipped]:
+        """Errors not tied to one sample (e.g. unreadable tar data) seen since the last call."""
+        return []
+
+    def image(self, load: Callable[[], Image.Image]) -> Any:
+        """``load()`` transformed, or None when images are not decoded."""
+        if not self.decode_images:
+            return None
+        image = load()
+        return self.transform(image) if self.transform is not None else image
+
+    def __iter__(self) -> Iterator[Any]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        parts, slot = self.num_parts * workers, self.part * workers + worker
+        position = -1
+        for index, (key, parse) in enumerate(self.samples()):
+            if slot == 0:  # unit errors are reported once, by the first slot
+                yield from self.unit_errors()
+            if self.only_keys is not None and key not in self.only_keys:
+                continue
+            position += 1
+            if position % parts != slot:
+                continue
+            try:
+                yield parse()._replace(index=index)
+            except Exception as exn:  # noqa: BLE001 - a bad sample must never stop an eval
+                yield Skipped(key=key, reason=f"{type(exn).__name__}: {exn}", index=index)
+        if slot == 0:
+            yield from self.unit_errors()
+
+
+class ShardReader(EvalDataset):
+    """Samples of ``root/split`` shards in order (CLIP_benchmark webdataset layout)."""
+
+    # every metadata file a CLIP_benchmark folder may hold, whatever the task: readers of
+    # different tasks over the same folder then share one content key (and cached embeddings)
+    metadata_files: tuple[str, ...] = ("classnames.txt", "zeroshot_classification_templates.txt",
+                                       "dataset_type.txt")
 
     def __init__(self, root: str | os.PathLike[str], transform: Transform | None = None, split: str = "test"):
-        super().__init__()
+        super().__init__(transform)
         self.root = Path(root)
         self.split = split
-        self.transform = transform
         self.urls = shard_urls(self.root, split)
+        self._errors: list[Skipped] = []
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]
         """Dataset name: the directory's base name."""
         return self.root.resolve().name
+
+    def content_files(self) -> list[Path]:
+        extra = [self.root / f for f in self.metadata_files if (self.root / f).is_file()]
+        return [Path(u) for u in self.urls] + extra
 
     @abc.abstractmethod
     def parse(self, sample: dict[str, Any]) -> Any:
         """Turn one raw sample (field -> bytes) into a record; raise on anything malformed."""
 
-    def image(self, sample: dict[str, Any]) -> Any:
-        image = decode_image(sample)
-        return self.transform(image) if self.transform is not None else image
+    def unit_errors(self) -> list[Skipped]:
+        errors, self._errors = self._errors, []
+        return errors
 
-    def __iter__(self) -> Iterator[Any]:
-        errors: list[Skipped] = []
-
+    def samples(self) -> Iterator[tuple[str, Callable[[], Any]]]:
         def on_error(exn: Exception) -> bool:
-            errors.append(Skipped(key="<shard>", reason=f"unreadable tar data: {exn!r}"))
+            self._errors.append(Skipped(key="<shard>", reason=f"unreadable tar data: {exn!r}"))
             return True  # keep going with the next shard
 
         raw = wds.WebDataset(
@@ -156,17 +248,14 @@ class ShardReader(torch.utils.data.IterableDataset):
             handler=on_error,
             shardshuffle=False,
             nodesplitter=_no_node_split,
+            workersplitter=_no_node_split,  # EvalDataset splits samples by index instead
             empty_check=False,
         )
         for sample in raw:
-            yield from errors
-            errors.clear()
-            key = str(sample.get("__key__", "?"))
-            try:
-                yield self.parse(sample)
-            except Exception as exn:  # noqa: BLE001 - a bad sample must never stop an eval
-                yield Skipped(key=key, reason=f"{type(exn).__name__}: {exn}")
-        yield from errors
+            yield str(sample.get("__key__", "?")), (lambda sample=sample: self.parse(sample))
+
+    def shard_image(self, sample: dict[str, Any]) -> Any:
+        return self.image(lambda: decode_image(sample))
 
 
 class ClassificationShards(ShardReader):
@@ -193,7 +282,7 @@ class ClassificationShards(ShardReader):
         label = int(_text(sample, "cls").strip())
         if not 0 <= label < len(self.classnames):
             raise ValueError(f"class index {label} outside [0, {len(self.classnames)})")
-        return ClassificationRecord(str(sample["__key__"]), self.image(sample), label)
+        return ClassificationRecord(str(sample["__key__"]), self.shard_image(sample), label)
 
 
 class RetrievalShards(ShardReader):
@@ -209,7 +298,7 @@ class RetrievalShards(ShardReader):
         captions = _text(sample, "txt").splitlines()  # CLIP_benchmark: str.splitlines, no filtering
         if not captions:
             raise ValueError("empty caption file")
-        return RetrievalRecord(str(sample["__key__"]), self.image(sample), captions)
+        return RetrievalRecord(str(sample["__key__"]), self.shard_image(sample), captions)
 
 
 def _str_list(meta: dict[str, Any], field: str) -> list[str]:
@@ -230,7 +319,7 @@ class CompositionalShards(ShardReader):
         types = _str_list(meta, "negative_types")
         if not negatives or len(negatives) != len(types):
             raise ValueError(f"need >= 1 negative and one type per negative, got {len(negatives)} and {len(types)}")
-        return CompositionalRecord(str(sample["__key__"]), self.image(sample), meta["caption"], negatives, types)
+        return CompositionalRecord(str(sample["__key__"]), self.shard_image(sample), meta["caption"], negatives, types)
 
 
 def _as_list(items: list[Any]) -> list[Any]:

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from eval.embed import EvalModel
 from eval.metrics import positive_pairs
-from eval.retrieval import encode_retrieval_set
+from eval.retrieval import RetrievalEmbeddings, encode_retrieval_set
 from vlp.utils.atomic import write_bytes_atomic
 
 TASK = "embedding_diagnostics"
@@ -131,29 +131,20 @@ def embedding_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
     }
 
 
-def evaluate_diagnostics(
-    loaded: EvalModel,
-    dataset_dir: str | os.PathLike[str],
-    histogram_path: str | os.PathLike[str] | None = None,
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-    num_workers: int = 0,
-    progress: bool = True,
-    bins: int = 40,
-) -> dict[str, Any]:
-    """Encode a CLIP_benchmark retrieval set and compute the diagnostics; return the result dict.
+def diagnostics_result(model_name: str, enc: RetrievalEmbeddings, histogram_path: str | os.PathLike[str] | None = None,
+                       bins: int = 40) -> dict[str, Any]:
+    """The diagnostics of an encoded retrieval set; the result dict.
 
     Keys: dataset, model, task, metrics, histogram {bins, positive, negative} (fractions per bin
     over [-1, 1]), num_images, num_texts, skipped, and histogram_png when ``histogram_path`` is
     given (the PNG is written there atomically).
     """
-    enc = encode_retrieval_set(loaded, dataset_dir, batch_size, device, num_workers, progress, desc="diagnostics")
     images, texts, owners = enc.images, enc.texts, enc.text_to_image
     positive, negative = similarity_split(texts.double() @ images.double().T, owners)
     pos_hist, neg_hist = histogram(positive, bins), histogram(negative, bins)
     result: dict[str, Any] = {
         "dataset": enc.dataset,
-        "model": loaded.name,
+        "model": model_name,
         "task": TASK,
         "metrics": embedding_metrics(images, texts, owners),
         "histogram": {"bins": bins, "low": -1.0, "high": 1.0, "positive": pos_hist, "negative": neg_hist},
@@ -165,3 +156,19 @@ def evaluate_diagnostics(
         write_bytes_atomic(histogram_path, histogram_png(pos_hist, neg_hist))
         result["histogram_png"] = str(Path(histogram_path))
     return result
+
+
+def evaluate_diagnostics(
+    loaded: EvalModel,
+    dataset_dir: str | os.PathLike[str],
+    histogram_path: str | os.PathLike[str] | None = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    bins: int = 40,
+) -> dict[str, Any]:
+    """Encode a CLIP_benchmark retrieval folder and compute the diagnostics (see
+    :func:`diagnostics_result`)."""
+    enc = encode_retrieval_set(loaded, dataset_dir, batch_size, device, num_workers, progress, desc="diagnostics")
+    return diagnostics_result(loaded.name, enc, histogram_path, bins)

@@ -7,9 +7,11 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from eval.datasets import RecordBatches, RetrievalShards
-from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode, model_device
-from eval.metrics import RECALL_KS, retrieval_recall
+from eval.datasets import RetrievalShards
+from eval.embed import EvalModel, model_device
+from eval.encoder import EncodeOptions, Encoder, ModelSource
+from eval.metrics import RECALL_KS
+from eval.search import search_recall
 
 TASK = "zeroshot_retrieval"
 
@@ -24,6 +26,24 @@ class RetrievalEmbeddings(NamedTuple):
     skipped: int
 
 
+def encode_retrieval(encoder: Encoder, dataset: Any, desc: str = "retrieval") -> RetrievalEmbeddings:
+    """Every image and every caption of a retrieval dataset (records with ``captions``), encoded
+    once (cached); captions are numbered image by image, in dataset order."""
+    images = encoder.images(dataset, desc=f"{desc} {dataset.name}")
+    captions = [caption for r in images.records for caption in r.captions]
+    texts = encoder.texts(captions) if captions else torch.zeros(0, max(images.embeddings.shape[-1], 1))
+    text_to_image = [i for i, r in enumerate(images.records) for _ in r.captions]
+    image_emb = images.embeddings if len(images.records) else torch.zeros(0, 1)
+    return RetrievalEmbeddings(dataset.name, image_emb, texts, torch.tensor(text_to_image, dtype=torch.long),
+                               images.skipped)
+
+
+def _encoder_for(loaded: EvalModel, batch_size: int, device: Any, num_workers: int, progress: bool) -> Encoder:
+    device = device if device is not None else model_device(loaded.model)
+    return Encoder(ModelSource.from_loaded(loaded), options=EncodeOptions(batch_size, num_workers, progress),
+                   device=device)
+
+
 def encode_retrieval_set(
     loaded: EvalModel,
     dataset_dir: str | os.PathLike[str],
@@ -33,24 +53,36 @@ def encode_retrieval_set(
     progress: bool = True,
     desc: str = "retrieval",
 ) -> RetrievalEmbeddings:
-    """Encode every image and every caption of a CLIP_benchmark retrieval set once."""
-    dataset = RetrievalShards(dataset_dir, transform=loaded.image_transform)
-    model = loaded.model
-    device = device if device is not None else model_device(model)
-    image_chunks, text_chunks, text_to_image = [], [], []
-    num_images = 0
-    records_in = RecordBatches(dataset, batch_size, num_workers, f"{desc} {dataset.name}", progress)
-    with eval_mode(model):
-        for records in records_in:
-            image_chunks.append(encode_image_batch(model, [r.image for r in records], device))
-            captions = [caption for r in records for caption in r.captions]
-            text_chunks.append(encode_texts(model, loaded.tokenizer, captions, batch_size, device))
-            text_to_image.extend(num_images + i for i, r in enumerate(records) for _ in r.captions)
-            num_images += len(records)
-    images = torch.cat(image_chunks) if image_chunks else torch.zeros(0, 1)
-    texts = torch.cat(text_chunks) if text_chunks else torch.zeros(0, images.shape[1])
-    return RetrievalEmbeddings(dataset.name, images, texts, torch.tensor(text_to_image, dtype=torch.long),
-                               records_in.skipped)
+    """Encode every image and caption of a CLIP_benchmark retrieval folder (no cache)."""
+    encoder = _encoder_for(loaded, batch_size, device, num_workers, progress)
+    return encode_retrieval(encoder, RetrievalShards(dataset_dir), desc)
+
+
+def retrieval_result(model_name: str, enc: RetrievalEmbeddings, ks: Sequence[int] = RECALL_KS,
+                     backend: str = "auto") -> dict[str, Any]:
+    """Image<->text retrieval metrics of an encoded retrieval set; the result dict.
+
+    Search is exact top-k (torch, chunked: the full score matrix is never held) up to a million
+    gallery items and faiss IVF beyond (``backend``: see :func:`eval.search.topk`); ties are
+    resolved exactly as :func:`eval.metrics.retrieval_recall` resolves them.
+
+    Keys: dataset, model, task, metrics {image_retrieval_recall@k, text_retrieval_recall@k for k
+    in ``ks``}, num_images, num_texts, skipped. Scores are cosine similarities (texts x images).
+    """
+    return {
+        "dataset": enc.dataset,
+        "model": model_name,
+        "task": TASK,
+        "metrics": search_recall(enc.texts, enc.images, enc.text_to_image, ks, backend=backend),
+        "num_images": int(enc.images.shape[0]),
+        "num_texts": int(enc.texts.shape[0]),
+        "skipped": enc.skipped,
+    }
+
+
+def retrieval_task(encoder: Encoder, dataset: Any, ks: Sequence[int] = RECALL_KS) -> dict[str, Any]:
+    """Retrieval of ``encoder``'s model on a retrieval dataset; see :func:`retrieval_result`."""
+    return retrieval_result(encoder.source.name, encode_retrieval(encoder, dataset), ks)
 
 
 def evaluate_retrieval(
@@ -62,18 +94,7 @@ def evaluate_retrieval(
     progress: bool = True,
     ks: Sequence[int] = RECALL_KS,
 ) -> dict[str, Any]:
-    """Run image<->text retrieval of ``loaded`` on ``dataset_dir``; return the result dict.
-
-    Keys: dataset, model, task, metrics {image_retrieval_recall@k, text_retrieval_recall@k for k
-    in ``ks``}, num_images, num_texts, skipped. Scores are cosine similarities (texts x images).
-    """
-    enc = encode_retrieval_set(loaded, dataset_dir, batch_size, device, num_workers, progress)
-    return {
-        "dataset": enc.dataset,
-        "model": loaded.name,
-        "task": TASK,
-        "metrics": retrieval_recall(enc.texts @ enc.images.T, enc.text_to_image, ks),
-        "num_images": int(enc.images.shape[0]),
-        "num_texts": int(enc.texts.shape[0]),
-        "skipped": enc.skipped,
-    }
+    """Retrieval of an in-memory model on a CLIP_benchmark retrieval folder (no cache, one
+    process); see :func:`retrieval_task`."""
+    encoder = _encoder_for(loaded, batch_size, device, num_workers, progress)
+    return retrieval_task(encoder, RetrievalShards(dataset_dir), ks)

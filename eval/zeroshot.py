@@ -1,4 +1,4 @@
-"""Zero-shot classification task: CLIP_benchmark webdataset set + acc@k / mean per-class recall."""
+"""Zero-shot classification task: prompt-ensemble classifier + acc@k / mean per-class recall."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from eval.datasets import ClassificationShards, RecordBatches
-from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode, model_device
+from eval.datasets import ClassificationShards
+from eval.embed import EvalModel, encode_texts, eval_mode, model_device
+from eval.encoder import EncodeOptions, Encoder, ModelSource
 from eval.metrics import build_classifier, per_class_recall, zeroshot_logits, zeroshot_metrics
 
 TASK = "zeroshot_classification"
@@ -34,6 +35,35 @@ def zeroshot_classifier(
     return build_classifier(emb.view(len(classnames), len(templates), -1))
 
 
+def zeroshot_task(encoder: Encoder, dataset: Any) -> dict[str, Any]:
+    """Zero-shot classification of ``encoder``'s model on a classification dataset (any reader
+    with ``classnames`` and ``templates``); the result dict in CLIP_benchmark's format.
+
+    Keys: dataset, model, task, metrics {acc1, acc5, mean_per_class_recall}, per_class_recall
+    {class name: recall or None when the class has no samples}, num_samples, skipped.
+    """
+    images = encoder.images(dataset, desc=f"zeroshot {dataset.name}")
+    num_classes, num_templates = len(dataset.classnames), len(dataset.templates)
+    prompts = class_prompts(dataset.classnames, dataset.templates)
+    classifier = build_classifier(encoder.texts(prompts).view(num_classes, num_templates, -1))
+    targets = torch.tensor([r.label for r in images.records], dtype=torch.long)
+    logits = zeroshot_logits(images.embeddings, classifier) if len(targets) else torch.zeros(0, num_classes)
+    metrics = zeroshot_metrics(logits, targets)
+    preds = logits.argmax(dim=1) if targets.numel() else targets
+    recall = per_class_recall(preds, targets, num_classes).tolist()
+    return {
+        "dataset": dataset.name,
+        "model": encoder.source.name,
+        "task": TASK,
+        "metrics": metrics,
+        "per_class_recall": {
+            name: (None if r != r else r) for name, r in zip(dataset.classnames, recall)  # NaN -> None
+        },
+        "num_samples": int(targets.numel()),
+        "skipped": images.skipped,
+    }
+
+
 def evaluate_zeroshot(
     loaded: EvalModel,
     dataset_dir: str | os.PathLike[str],
@@ -42,36 +72,9 @@ def evaluate_zeroshot(
     num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run zero-shot classification of ``loaded`` on ``dataset_dir``; return the result dict.
-
-    Keys: dataset, model, task, metrics {acc1, acc5, mean_per_class_recall}, per_class_recall
-    {class name: recall or None when the class has no samples}, num_samples, skipped.
-    """
-    dataset = ClassificationShards(dataset_dir, transform=loaded.image_transform)
-    model = loaded.model
-    device = device if device is not None else model_device(model)
-    classifier = zeroshot_classifier(model, loaded.tokenizer, dataset.classnames, dataset.templates, batch_size, device)
-    logits, targets = [], []
-    records_in = RecordBatches(dataset, batch_size, num_workers, f"zeroshot {dataset.name}", progress)
-    with eval_mode(model):
-        for records in records_in:
-            emb = encode_image_batch(model, [r.image for r in records], device)
-            logits.append(zeroshot_logits(emb, classifier))
-            targets.append(torch.tensor([r.label for r in records], dtype=torch.long))
-    num_classes = len(dataset.classnames)
-    all_logits = torch.cat(logits) if logits else torch.zeros(0, num_classes)
-    all_targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
-    metrics = zeroshot_metrics(all_logits, all_targets)
-    preds = all_logits.argmax(dim=1) if all_targets.numel() else all_targets
-    recall = per_class_recall(preds, all_targets, num_classes).tolist()
-    return {
-        "dataset": dataset.name,
-        "model": loaded.name,
-        "task": TASK,
-        "metrics": metrics,
-        "per_class_recall": {
-            name: (None if r != r else r) for name, r in zip(dataset.classnames, recall)  # NaN -> None
-        },
-        "num_samples": int(all_targets.numel()),
-        "skipped": records_in.skipped,
-    }
+    """Zero-shot classification of an in-memory model on a CLIP_benchmark webdataset folder
+    (no cache, one process); see :func:`zeroshot_task`."""
+    device = device if device is not None else model_device(loaded.model)
+    encoder = Encoder(ModelSource.from_loaded(loaded), options=EncodeOptions(batch_size, num_workers, progress),
+                      device=device)
+    return zeroshot_task(encoder, ClassificationShards(dataset_dir))

@@ -29,3 +29,9 @@ def cli_env() -> dict:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+@pytest.fixture(autouse=True)
+def _eval_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Eval CLIs cache embeddings under a per-session temporary folder, never in ~/.cache."""
+    monkeypatch.setenv("VLP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "eval-cache"))

@@ -291,10 +291,11 @@ def test_winoground_end_to_end(tmp_path: Path) -> None:
 def test_cli_runs_published_format_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from eval.__main__ import main
 
-    def load_model(path: str, device: str = "cpu") -> FakeLoaded:
+    def load_eval_model(path: str, device: str = "cpu", model_config: str | None = None,
+                        allow_mismatch: bool = False) -> FakeLoaded:
         return fake_loaded()
 
-    monkeypatch.setitem(sys.modules, "vlp.models.loading", types.SimpleNamespace(load_model=load_model))
+    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
     ckpt = tmp_path / "ckpt.pt"
     ckpt.write_bytes(b"")
     aro = make_aro_vg(tmp_path / "aro")

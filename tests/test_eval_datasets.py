@@ -306,16 +306,18 @@ def test_cli_runs_tasks_with_a_fake_loader(tmp_path: Path, monkeypatch: pytest.M
 
     seen: list[tuple[str, str]] = []
 
-    def load_model(path: str, device: str = "cpu") -> FakeLoaded:
+    def load_eval_model(path: str, device: str = "cpu", model_config: str | None = None,
+                        allow_mismatch: bool = False) -> FakeLoaded:
         seen.append((path, device))
         return fake_loaded()
 
-    monkeypatch.setitem(sys.modules, "vlp.models.loading", types.SimpleNamespace(load_model=load_model))
+    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
     ckpt = tmp_path / "run"
     ckpt.mkdir()
     root = make_builtin_root(tmp_path / "bench")
     out = tmp_path / "zs.json"
-    argv = ["zeroshot", "--model", str(ckpt), "--dataset", str(root / "zeroshot"), "--output", str(out)]
+    argv = ["zeroshot", "--model", str(ckpt), "--dataset", str(root / "zeroshot"), "--output", str(out),
+            "--device", "cpu"]
     assert main([*argv, "--batch-size", "3", "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"dataset", "model", "task", "metrics", "skipped"}

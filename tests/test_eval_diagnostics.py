@@ -120,10 +120,11 @@ def test_diagnostics_end_to_end(tmp_path: Path) -> None:
 def test_cli_diagnostics_writes_json_and_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from eval.__main__ import main
 
-    def load_model(path: str, device: str = "cpu") -> FakeLoaded:
+    def load_eval_model(path: str, device: str = "cpu", model_config: str | None = None,
+                        allow_mismatch: bool = False) -> FakeLoaded:
         return fake_loaded()
 
-    monkeypatch.setitem(sys.modules, "vlp.models.loading", types.SimpleNamespace(load_model=load_model))
+    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
     ckpt = tmp_path / "run"
     ckpt.mkdir()
     out = tmp_path / "diag.json"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import torch
 from PIL import Image
@@ -19,12 +19,17 @@ from vlp.models.factory import load_weights, model_arch
 @dataclass
 class LoadedModel:
     """A model ready to encode: L2-normalised ``encode_image`` / ``encode_text``, its tokenizer and
-    its evaluation image transform."""
+    its evaluation image transform. ``model`` is a DualEncoder for our checkpoints, a thin wrapper
+    for open_clip / transformers models (``vlp.models.external``). ``warnings``: checkpoint/config
+    mismatches evaluated anyway (``allow_mismatch=True``); ``notes``: remarks such as
+    'activation: undeclared'. Both belong in the results JSON."""
 
-    model: DualEncoder
+    model: torch.nn.Module
     tokenizer: Callable[[List[str]], torch.Tensor]
     image_transform: Callable[[Image.Image], torch.Tensor]
     name: str
+    warnings: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
 
 def wrap_model(model: DualEncoder, cfg: Config, name: str) -> LoadedModel:
@@ -59,3 +64,11 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """A run directory or checkpoint file of ours as a LoadedModel on ``device``, in eval mode."""
     model, cfg, ckpt_path = load_model_and_config(path)
     return wrap_model(model.to(device), cfg, name=str(ckpt_path))
+
+
+def load_eval_model(spec: str | Path, device: str = "cpu", model_config: Any = None, **kwargs: Any) -> LoadedModel:
+    """Any supported format (ours, open_clip file or local-dir, transformers CLIP folder) with
+    mismatch checks; see ``vlp.models.external.load_eval_model`` for the arguments."""
+    from vlp.models.external import load_eval_model as _load_eval_model
+
+    return _load_eval_model(spec, device, model_config, **kwargs)

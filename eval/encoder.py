@@ -1,0 +1,243 @@
+"""Encoding datasets and texts for eval tasks: once per model and content (cache), split across
+ranks (data parallel), and with the model loaded only when something must be encoded.
+
+* :meth:`Encoder.records` reads a dataset's records without decoding an image (cached).
+* :meth:`Encoder.images` gives the L2-normalised embedding of every good record's image, in
+  dataset order. Cached per (model, dataset content): tasks reading the same files (zero-shot
+  and retrieval over one folder, several runs) encode each image once; images the entry lacks
+  are encoded and added.
+* :meth:`Encoder.texts` encodes a list of strings in batches (all class prompts at once, not a
+  loop over classes), cached per (model, exact strings).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from eval.cache import EmbeddingCache, digest_bytes, model_fingerprint
+from eval.datasets import EvalDataset, Skipped, batches, split_skipped
+from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode
+from eval.parallel import EvalRuntime, map_sliced
+
+log = logging.getLogger(__name__)
+
+
+class ModelSource:
+    """A model bundle to evaluate, identified by ``fingerprint`` and loaded on first use."""
+
+    def __init__(self, fingerprint: str | Callable[[], str], load: Callable[[], EvalModel], name: str) -> None:
+        self._fingerprint, self._load, self.name = fingerprint, load, name
+        self._loaded: Optional[EvalModel] = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The cache identity (computed on first use: hashing weights costs time)."""
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
+        return self._fingerprint
+
+    @classmethod
+    def from_loaded(cls, loaded: EvalModel) -> "ModelSource":
+        """A model already in memory (e.g. the trainer's); fingerprinted by content."""
+        source = cls(lambda: model_fingerprint(loaded), lambda: loaded, loaded.name)
+        source._loaded = loaded
+        return source
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def loaded(self) -> EvalModel:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+
+@dataclass
+class EncodeOptions:
+    batch_size: int = 256
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class DatasetRecords:
+    """A dataset's good records (``image`` None) in dataset order, and the samples skipped."""
+
+    records: list[Any]
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass
+class EncodedImages:
+    """``records[i]`` (image None) has embedding ``embeddings[i]``; ``skipped`` counts every
+    sample dropped (bad metadata, undecodable image, unreadable tar)."""
+
+    dataset: str
+    records: list[Any]
+    embeddings: torch.Tensor
+    skipped: int
+    skip_reasons: list[Skipped] = field(default_factory=list)
+
+
+class Encoder:
+    """Encodes datasets and texts for one model, through a cache, on one or many ranks."""
+
+    def __init__(self, source: ModelSource, cache: EmbeddingCache | None = None,
+                 runtime: EvalRuntime | None = None, options: EncodeOptions | None = None,
+                 device: str | torch.device | None = None) -> None:
+        self.source = source
+        self.cache = cache if cache is not None else EmbeddingCache(None)
+        self.runtime = runtime if runtime is not None else EvalRuntime()
+        self.options = options if options is not None else EncodeOptions()
+        self.device = torch.device(device if device is not None else self.runtime.device)
+        self.images_encoded = 0  # images this rank ran through the model (0 on a warm run)
+        self.texts_encoded = 0
+        self._placed = False
+
+    @property
+    def loaded(self) -> EvalModel:
+        loaded = self.source.loaded
+        if not self._placed:
+            loaded.model.to(self.device)
+            self._placed = True
+        return loaded
+
+    def model_warnings(self) -> list[str]:
+        """Mismatches the loader reported (allowed with ``allow_mismatch``), remembered in the
+        cache so a warm run, which never loads the model, reports them too."""
+        key = digest_bytes("model-info", self.model_key())
+        if self.source.is_loaded:
+            warnings = [str(w) for w in getattr(self.source.loaded, "warnings", []) or []]
+            if self.cache.enabled and self.runtime.is_main and self.cache.load(key) is None:
+                self.cache.save(key, {"warnings": warnings})
+            return warnings
+        cached = self.cache.load(key)
+        return list(cached["warnings"]) if cached is not None else []
+
+    # ------------------------------------------------------------------ keys
+    def content_digest(self, dataset: EvalDataset) -> str:
+        return self.cache.files_digest(dataset.content_files()) if self.cache.enabled else ""
+
+    def model_key(self) -> str:
+        return self.source.fingerprint if self.cache.enabled else ""
+
+    # ------------------------------------------------------------------ records
+    def records(self, dataset: EvalDataset) -> DatasetRecords:
+        """Every record of ``dataset`` without decoding images (cached by content)."""
+        key = digest_bytes("records", dataset.options_tag(), self.content_digest(dataset))
+        cached = self.cache.load(key)
+        if cached is not None:
+            records = _records_from(cached["record_type"], cached["records"])
+            return DatasetRecords(records, [Skipped(*s) for s in cached["skipped"]])
+        decode, only = dataset.decode_images, dataset.only_keys
+        dataset.decode_images, dataset.only_keys = False, None
+        part = (dataset.part, dataset.num_parts)
+        dataset.partition(0, 1)
+        try:
+            records, skipped = split_skipped(list(iter(dataset)))
+        finally:
+            dataset.decode_images, dataset.only_keys = decode, only
+            dataset.partition(*part)
+        if self.runtime.is_main:
+            self.cache.save(key, {"record_type": _record_type_name(records), "records": [tuple(r) for r in records],
+                                  "skipped": [tuple(s) for s in skipped]})
+        return DatasetRecords(records, skipped)
+
+    # ------------------------------------------------------------------ images
+    def images(self, dataset: EvalDataset, desc: str = "") -> EncodedImages:
+        """Embeddings of the images of every good record of ``dataset``, in dataset order."""
+        meta = self.records(dataset)
+        key = digest_bytes("images", self.model_key(), self.content_digest(dataset))
+        entry = self.cache.load(key) or {"keys": [], "embeddings": torch.zeros(0, 0), "failed": {}}
+        row_of = {k: i for i, k in enumerate(entry["keys"])}
+        missing = [r.key for r in meta.records if r.key not in row_of and r.key not in entry["failed"]]
+        missing = self.runtime.gather(missing)[0]  # rank 0 decides, so every rank agrees
+        if missing:
+            keys, emb, failed = self._encode_images(dataset, set(missing), desc or f"images {dataset.name}")
+            old = entry["embeddings"]
+            entry = {"keys": list(entry["keys"]) + keys,
+                     "embeddings": torch.cat([old, emb]) if old.numel() else emb,
+                     "failed": {**entry["failed"], **failed}}
+            row_of = {k: i for i, k in enumerate(entry["keys"])}
+            if self.runtime.is_main:
+                self.cache.save(key, entry)
+        good = [r for r in meta.records if r.key in row_of]
+        bad = [Skipped(r.key, entry["failed"][r.key], r.index) for r in meta.records if r.key not in row_of]
+        rows = torch.tensor([row_of[r.key] for r in good], dtype=torch.long)
+        emb = entry["embeddings"][rows] if len(good) else torch.zeros(0, 0)
+        skipped = meta.skipped + bad
+        return EncodedImages(dataset.name, good, emb, len(skipped), skipped)
+
+    def _encode_images(self, dataset: EvalDataset, wanted: set[str], desc: str
+                       ) -> tuple[list[str], torch.Tensor, dict[str, str]]:
+        """Encode the images of ``wanted`` keys, this rank's part, gathered from all ranks."""
+        from tqdm import tqdm
+
+        loaded = self.loaded
+        dataset.transform = loaded.image_transform
+        dataset.decode_images, dataset.only_keys = True, wanted
+        dataset.partition(self.runtime.rank, self.runtime.world)
+        indexed: list[tuple[int, str, torch.Tensor]] = []
+        failed: dict[str, str] = {}
+        try:
+            with eval_mode(loaded.model), tqdm(total=len(wanted), desc=desc, unit="img",
+                                               disable=not (self.options.progress and self.runtime.is_main)) as bar:
+                for items in batches(dataset, self.options.batch_size, self.options.num_workers):
+                    records, skipped = split_skipped(items)
+                    failed.update({s.key: s.reason for s in skipped if s.key in wanted})
+                    if records:
+                        emb = encode_image_batch(loaded.model, [r.image for r in records], self.device)
+                        indexed += [(r.index, r.key, e) for r, e in zip(records, emb)]
+                    bar.update(len(items) * self.runtime.world)
+        finally:
+            dataset.only_keys = None
+            dataset.partition(0, 1)
+        self.images_encoded += len(indexed)  # this rank's share
+        parts = self.runtime.gather((indexed, failed))
+        indexed = sorted((item for part, _ in parts for item in part), key=lambda item: item[0])
+        for _, part_failed in parts:
+            failed.update(part_failed)
+        emb = torch.stack([e for _, _, e in indexed]) if indexed else torch.zeros(0, 0)
+        return [k for _, k, _ in indexed], emb, failed
+
+    # ------------------------------------------------------------------ texts
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """[N, D] L2-normalised embeddings of ``texts`` (cached per model and exact strings)."""
+        texts = list(texts)
+        key = digest_bytes("texts", self.model_key(), digest_bytes(*texts))
+        cached = self.cache.load(key)
+        if cached is not None:
+            return cached["embeddings"]
+        loaded = self.loaded
+
+        def encode(part: slice) -> torch.Tensor:
+            with eval_mode(loaded.model):
+                out = encode_texts(loaded.model, loaded.tokenizer, texts[part], self.options.batch_size, self.device)
+            return out if out.numel() else torch.zeros(0, 0)
+
+        emb = map_sliced(self.runtime, len(texts), encode)
+        self.texts_encoded += len(texts)
+        if self.runtime.is_main:
+            self.cache.save(key, {"embeddings": emb})
+        return emb
+
+
+def _record_type_name(records: list[Any]) -> str:
+    return f"{type(records[0]).__module__}:{type(records[0]).__qualname__}" if records else ""
+
+
+def _records_from(type_name: str, rows: list[tuple]) -> list[Any]:
+    """Rebuild cached record tuples as the NamedTuple type they were saved from."""
+    if not rows:
+        return []
+    import importlib
+
+    module, _, qualname = type_name.partition(":")
+    record_type = getattr(importlib.import_module(module), qualname)
+    return [record_type(*row) for row in rows]

@@ -1,0 +1,312 @@
+"""``python -m eval run``: every requested task on every dataset it applies to, through one
+encoder (embedding cache + data parallel), writing one JSON per (dataset, task), a merged CSV,
+a markdown summary, and for retrieval a PNG grid of the top-5 images of a few text queries.
+
+Dataset specs are paths, optionally prefixed by their kind (``KIND:PATH``); the kind is detected
+otherwise (see :func:`detect_kind`). Each task runs on the datasets of the kinds it reads:
+
+    zeroshot, linear_probe      classification  (CLIP_benchmark folder, image folder, CSV)
+    retrieval, diagnostics      retrieval       (CLIP_benchmark folder, Karpathy JSON, CSV)
+    compositionality            compositional (ours), aro, sugarcrepe, winoground
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from eval.cache import EmbeddingCache, digest_bytes, files_fingerprint
+from eval.encoder import Encoder, ModelSource
+from eval.report import write_result
+
+log = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("zeroshot", "retrieval", "compositionality", "diagnostics", "linear_probe")
+KINDS: tuple[str, ...] = ("classification", "retrieval", "compositional", "aro", "sugarcrepe", "winoground")
+TASK_KINDS: dict[str, tuple[str, ...]] = {
+    "zeroshot": ("classification",),
+    "linear_probe": ("classification",),
+    "retrieval": ("retrieval",),
+    "diagnostics": ("retrieval",),
+    "compositionality": ("compositional", "aro", "sugarcrepe", "winoground"),
+}
+GRID_QUERIES = 4
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path.is_file() else self.path.resolve().name
+
+
+def _first_sample_fields(shard: Path) -> set[str]:
+    import tarfile
+
+    fields: set[str] = set()
+    try:
+        with tarfile.open(shard) as tar:
+            first_key = None
+            for member in tar:
+                base = Path(member.name).name
+                key, _, ext = base.partition(".")
+                if first_key is None:
+                    first_key = key
+                if key != first_key:
+                    break
+                fields.add(ext)
+    except (OSError, tarfile.TarError):
+        pass
+    return fields
+
+
+def detect_kind(path: Path) -> str:
+    """The kind of dataset at ``path`` from its files (ValueError when it cannot tell)."""
+    from eval.aro import ORDER_FILES, VG_FILES
+    from eval.sugarcrepe import SUBSETS as SUGARCREPE_SUBSETS
+
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return "retrieval"  # Karpathy-split JSON
+        if suffix in (".csv", ".tsv"):
+            header = path.open(encoding="utf-8", errors="replace").readline().lower()
+            return "classification" if "label" in header else "retrieval"
+        raise ValueError(f"cannot tell the kind of dataset file {path}; prefix it with KIND: ({', '.join(KINDS)})")
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    if (path / "examples.jsonl").is_file():
+        return "winoground"
+    if any((path / f).is_file() for f in (*VG_FILES.values(), *ORDER_FILES.values())):
+        return "aro"
+    if any((path / f"{s}.json").is_file() for s in SUGARCREPE_SUBSETS):
+        return "sugarcrepe"
+    declared = path / "dataset_type.txt"
+    if declared.is_file():
+        return "retrieval" if declared.read_text().strip().lower() == "retrieval" else "classification"
+    if (path / "classnames.txt").is_file() and (path / "test" / "nshards.txt").is_file():
+        return "classification"
+    if (path / "test" / "0.tar").is_file():
+        fields = _first_sample_fields(path / "test" / "0.tar")
+        if "cls" in fields:
+            return "classification"
+        if "json" in fields:
+            return "compositional"
+        if "txt" in fields:
+            return "retrieval"
+    if any(child.is_dir() for child in path.iterdir()):
+        return "classification"  # image folder: one sub-folder per class
+    raise ValueError(f"cannot tell the kind of dataset folder {path}; prefix it with KIND: ({', '.join(KINDS)})")
+
+
+def parse_dataset_specs(items: Iterable[str]) -> list[DatasetSpec]:
+    """``[KIND:]PATH`` items -> specs (kind detected when not given)."""
+    specs = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        kind, sep, rest = item.partition(":")
+        if sep and kind in KINDS:
+            specs.append(DatasetSpec(kind, Path(rest)))
+        else:
+            specs.append(DatasetSpec(detect_kind(Path(item)), Path(item)))
+    missing = [str(s.path) for s in specs if not s.path.exists()]
+    if missing:
+        raise FileNotFoundError(f"dataset not found: {', '.join(missing)}")
+    return specs
+
+
+def parse_tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown task(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(TASKS)}")
+    return list(dict.fromkeys(tasks))
+
+
+# ---------------------------------------------------------------------- model source
+def model_files(spec: Path) -> list[Path]:
+    """The files a model spec is loaded from (what its cache identity hashes)."""
+    if spec.is_file():
+        return [spec]
+    from vlp.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(spec)
+    if ckpt is not None:
+        return [Path(ckpt)]
+    return sorted(p for p in spec.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def model_source(spec: str | os.PathLike[str], cache: EmbeddingCache, device: str = "cpu",
+                 model_config: str | None = None, allow_mismatch: bool = False) -> ModelSource:
+    """A lazily loaded model whose cache identity comes from its files (no load on a warm run)."""
+    import vlp
+
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {path} does not exist")
+    files = model_files(path)
+    if model_config and Path(model_config).is_file():
+        files.append(Path(model_config))
+    options = json.dumps({"model_config": Path(model_config).name if model_config and Path(model_config).is_file()
+                          else model_config, "allow_mismatch": allow_mismatch,
+                          "vlp": getattr(vlp, "__version__", "0")}, sort_keys=True)
+
+    def load() -> Any:
+        from vlp.models.external import load_eval_model
+
+        return load_eval_model(str(path), device=device, model_config=model_config, allow_mismatch=allow_mismatch)
+
+    fingerprint = (lambda: files_fingerprint(cache, files, options)) if cache.enabled else ""
+    return ModelSource(fingerprint, load, name=str(path))
+
+
+# ---------------------------------------------------------------------- datasets
+def open_dataset(spec: DatasetSpec) -> Any:
+    """An EvalDataset reader for a classification or retrieval spec (images not transformed yet)."""
+    from eval.dataset_formats import open_classification, open_retrieval
+
+    if spec.kind == "classification":
+        return open_classification(spec.path, None)
+    if spec.kind == "retrieval":
+        return open_retrieval(spec.path, None)
+    if spec.kind == "compositional":
+        from eval.datasets import CompositionalShards
+
+        return CompositionalShards(spec.path)
+    raise ValueError(f"{spec.kind} datasets are read by their own task")
+
+
+# ---------------------------------------------------------------------- tasks
+@dataclass
+class RunOptions:
+    batch_size: int = 256
+    num_workers: int = 0
+    progress: bool = True
+    aro_exclude: tuple[str, ...] = ()
+    grid_queries: int = GRID_QUERIES
+
+
+def _compositional(encoder: Encoder, spec: DatasetSpec, options: RunOptions) -> list[dict[str, Any]]:
+    loaded, device = encoder.loaded, encoder.device
+    common = dict(batch_size=options.batch_size, device=device, progress=options.progress and encoder.runtime.is_main)
+    if spec.kind == "compositional":
+        from eval.compositionality import evaluate_compositional
+
+        return [evaluate_compositional(loaded, spec.path, num_workers=options.num_workers, **common)]
+    if spec.kind == "aro":
+        from eval.aro import ORDER_FILES, VG_FILES, evaluate_aro
+
+        files = {**VG_FILES, **ORDER_FILES}
+        return [evaluate_aro(loaded, spec.path, subset, exclude=options.aro_exclude, **common)
+                for subset, name in files.items() if (spec.path / name).is_file()]
+    if spec.kind == "sugarcrepe":
+        from eval.sugarcrepe import SUBSETS, evaluate_sugarcrepe
+
+        subsets = [s for s in SUBSETS if (spec.path / f"{s}.json").is_file()]
+        return [evaluate_sugarcrepe(loaded, spec.path, subsets, **common)]
+    from eval.winoground import evaluate_winoground
+
+    return [evaluate_winoground(loaded, spec.path, **common)]
+
+
+def _grid(encoder: Encoder, dataset: Any, enc: Any, out_png: Path, queries: int) -> Path | None:
+    """PNG of the top-5 images of ``queries`` captions spread over the set (true image framed)."""
+    from eval.report import retrieval_grid_png
+
+    if queries <= 0 or enc.texts.shape[0] == 0:
+        return None
+    records = encoder.images(dataset).records  # the encoded records, in embedding order (cached)
+    captions = [c for r in records for c in r.captions]
+    picks = list(range(0, len(captions), max(1, len(captions) // queries)))[:queries]
+    top = (enc.texts[picks] @ enc.images.T).topk(min(5, enc.images.shape[0]), dim=1).indices.tolist()
+    dataset.transform, dataset.decode_images = None, True
+    dataset.only_keys = {records[i].key for row in top for i in row}
+    dataset.partition(0, 1)
+    try:
+        pil = {r.key: r.image for r in dataset if hasattr(r, "image")}
+    finally:
+        dataset.only_keys = None
+    rows = [[pil.get(records[i].key) for i in row] for row in top]
+    truth = [int(enc.text_to_image[p]) for p in picks]
+    correct = [row.index(t) if t in row else None for row, t in zip(top, truth)]
+    return retrieval_grid_png([captions[p] for p in picks], rows, out_png, k=5, correct=correct)
+
+
+def _probe_splits(spec: DatasetSpec) -> dict[str, Any]:
+    """train/test (and val when present) readers of a CLIP_benchmark classification folder."""
+    from eval.datasets import ClassificationShards
+
+    splits = ["train", "test"] + (["val"] if (spec.path / "val" / "nshards.txt").is_file() else [])
+    missing = [s for s in ("train", "test") if not (spec.path / s / "nshards.txt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"linear_probe needs {spec.path}/train and /test shards (missing: {', '.join(missing)})")
+    return {split: ClassificationShards(spec.path, split=split) for split in splits}
+
+
+def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[DatasetSpec], output_dir: str | os.PathLike[str],
+              options: RunOptions | None = None) -> list[dict[str, Any]]:
+    """Run ``tasks`` on the datasets they apply to; rank 0 writes DIR/<dataset>_<task>.json,
+    DIR/results.csv and DIR/summary.md. Returns the result dicts (on every rank)."""
+    from eval.diagnostics import diagnostics_result
+    from eval.retrieval import encode_retrieval, retrieval_result
+    from eval.zeroshot import zeroshot_task
+
+    options = options or RunOptions()
+    out = Path(output_dir)
+    main = encoder.runtime.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+
+    def emit(result: dict[str, Any], task_name: str, dataset_name: str) -> None:
+        result.setdefault("model_warnings", encoder.model_warnings())
+        if main:
+            result["path"] = str(write_result(out / f"{dataset_name}_{task_name}.json", result))
+        results.append(result)
+
+    for spec in datasets:
+        wanted = [t for t in tasks if spec.kind in TASK_KINDS[t]]
+        if not wanted:
+            continue
+        if spec.kind == "classification":
+            dataset = open_dataset(spec)
+            if "zeroshot" in wanted:
+                emit(zeroshot_task(encoder, dataset), "zeroshot_classification", spec.name)
+            if "linear_probe" in wanted:
+                from eval.linear_probe import linear_probe_task
+
+                emit(linear_probe_task(encoder, _probe_splits(spec)), "linear_probe", spec.name)
+        elif spec.kind == "retrieval":
+            dataset = open_dataset(spec)
+            enc = encode_retrieval(encoder, dataset)
+            if "retrieval" in wanted:
+                result = retrieval_result(encoder.source.name, enc)
+                if main:
+                    png = _grid(encoder, dataset, enc, out / f"{spec.name}_retrieval_top5.png", options.grid_queries)
+                    if png is not None:
+                        result["top5_grid_png"] = str(png)
+                emit(result, "zeroshot_retrieval", spec.name)
+            if "diagnostics" in wanted:
+                png = out / f"{spec.name}_similarity_histogram.png" if main else None
+                emit(diagnostics_result(encoder.source.name, enc, png), "diagnostics", spec.name)
+        else:
+            for result in _compositional(encoder, spec, options):
+                emit(result, str(result["task"]), str(result["dataset"]))
+    if main and results:
+        from eval.report import build_csv, write_markdown_summary
+
+        build_csv(results, out / "results.csv")
+        write_markdown_summary(results, out / "summary.md")
+    encoder.cache.flush_digests()
+    return results

@@ -1,0 +1,291 @@
+"""Embedding cache, shared encodes across tasks, data-parallel eval and ``eval run``."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from eval.cache import EmbeddingCache, digest_bytes
+from eval.datasets import ClassificationShards, RetrievalShards
+from eval.encoder import EncodeOptions, Encoder, ModelSource
+from eval.parallel import EvalRuntime, split_evenly
+from eval.retrieval import retrieval_task
+from eval.zeroshot import zeroshot_task
+from test_eval_datasets import BLUE, GREEN, RED, fake_loaded, make_zeroshot, png, write_split
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts the images and texts it encodes."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.images = 0
+        self.texts = 0
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        self.images += images.shape[0]
+        return self.inner.encode_image(images)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.texts += tokens.shape[0]
+        return self.inner.encode_text(tokens)
+
+
+def counting_loaded():
+    loaded = fake_loaded()
+    loaded.model = CountingModel(loaded.model)
+    return loaded
+
+
+def encoder_for(loaded, cache_dir: Path | None, fingerprint: str = "model-a") -> Encoder:
+    source = ModelSource(fingerprint, lambda: loaded, "fake")
+    return Encoder(source, EmbeddingCache(cache_dir), options=EncodeOptions(batch_size=2, progress=False), device="cpu")
+
+
+def make_dual_folder(root: Path) -> Path:
+    """A folder both readers accept: samples with a label (.cls) and captions (.txt)."""
+    root.mkdir(parents=True)
+    (root / "classnames.txt").write_text("red\ngreen\nblue\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a {c} shape\n")
+    write_split(root, [[
+        {"__key__": "d0", "png": png(RED), "cls": b"0", "txt": b"a red square\na pinkish square"},
+        {"__key__": "d1", "png": png(GREEN), "cls": b"1", "txt": b"a green circle"},
+        {"__key__": "d2", "png": b"broken", "cls": b"2", "txt": b"a blue thing"},
+        {"__key__": "d3", "png": png(BLUE), "cls": b"2", "txt": b"a blue triangle\na teal triangle"},
+    ]])
+    return root
+
+
+def test_digest_is_length_prefixed() -> None:
+    assert digest_bytes("ab", "c") != digest_bytes("a", "bc")
+    assert digest_bytes("ab", "c") == digest_bytes("ab", "c")
+
+
+def test_warm_run_encodes_nothing_and_gives_identical_results(tmp_path: Path) -> None:
+    data = make_zeroshot(tmp_path / "zs")
+    cold_loaded = counting_loaded()
+    cold = zeroshot_task(encoder_for(cold_loaded, tmp_path / "cache"), ClassificationShards(data))
+    assert cold_loaded.model.images == 5 and cold_loaded.model.texts == 6  # 5 good images, 3 classes x 2 templates
+
+    warm_loaded = counting_loaded()
+    warm_encoder = encoder_for(warm_loaded, tmp_path / "cache")
+    warm = zeroshot_task(warm_encoder, ClassificationShards(data))
+    assert warm_loaded.model.images == 0 and warm_loaded.model.texts == 0
+    assert not warm_encoder.source.is_loaded  # a full hit never loads the model
+    assert warm == cold
+    assert cold["metrics"]["acc1"] == pytest.approx(0.8) and cold["skipped"] == 2  # corrupt image + missing .cls
+
+
+def test_zeroshot_and_retrieval_over_one_folder_encode_images_once(tmp_path: Path) -> None:
+    data = make_dual_folder(tmp_path / "dual")
+    loaded = counting_loaded()
+    encoder = encoder_for(loaded, tmp_path / "cache")
+    zs = zeroshot_task(encoder, ClassificationShards(data))
+    assert loaded.model.images == 3
+    ret = retrieval_task(encoder, RetrievalShards(data))
+    assert loaded.model.images == 3  # no image encoded twice
+    assert zs["skipped"] == ret["skipped"] == 1  # the broken image, remembered by the cache
+    assert ret["num_images"] == 3 and ret["num_texts"] == 5
+    uncached = retrieval_task(encoder_for(counting_loaded(), None), RetrievalShards(data))
+    assert ret["metrics"] == uncached["metrics"]
+
+
+def test_changed_content_misses_and_moved_folder_hits(tmp_path: Path) -> None:
+    data = make_zeroshot(tmp_path / "zs")
+    zeroshot_task(encoder_for(counting_loaded(), tmp_path / "cache"), ClassificationShards(data))
+
+    moved = tmp_path / "elsewhere" / "zs"
+    shutil.copytree(data, moved)
+    loaded = counting_loaded()
+    zeroshot_task(encoder_for(loaded, tmp_path / "cache"), ClassificationShards(moved))
+    assert loaded.model.images == 0  # same bytes under another path
+
+    write_split(moved, [[{"__key__": "z0", "png": png(GREEN), "cls": b"1"}]])  # new content
+    loaded = counting_loaded()
+    result = zeroshot_task(encoder_for(loaded, tmp_path / "cache"), ClassificationShards(moved))
+    assert loaded.model.images == 1 and result["metrics"]["acc1"] == 1.0
+
+    loaded = counting_loaded()
+    zeroshot_task(encoder_for(loaded, tmp_path / "cache", fingerprint="model-b"), ClassificationShards(data))
+    assert loaded.model.images == 5  # another model never reads model-a's embeddings
+
+
+def test_damaged_cache_entry_is_a_miss(tmp_path: Path) -> None:
+    data = make_zeroshot(tmp_path / "zs")
+    cold = zeroshot_task(encoder_for(counting_loaded(), tmp_path / "cache"), ClassificationShards(data))
+    for entry in (tmp_path / "cache").rglob("*.pt"):
+        entry.write_bytes(b"not a torch file")
+    loaded = counting_loaded()
+    again = zeroshot_task(encoder_for(loaded, tmp_path / "cache"), ClassificationShards(data))
+    assert loaded.model.images == 5 and again == cold
+
+
+def test_file_digests_are_memoised_by_size_and_mtime(tmp_path: Path) -> None:
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 10)
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = cache.file_digest(f)
+    cache.flush_digests()
+    memo = json.loads((tmp_path / "cache" / "file_digests.json").read_text())
+    assert memo[str(f.resolve())][2] == first
+    f.write_bytes(b"y" * 11)
+    assert EmbeddingCache(tmp_path / "cache").file_digest(f) != first
+
+
+def test_in_memory_fingerprint_follows_weights() -> None:
+    from eval.cache import model_fingerprint
+
+    a, b = fake_loaded(), fake_loaded()
+    assert model_fingerprint(a) == model_fingerprint(b)
+    b.model.table[0, 0] += 1e-6
+    assert model_fingerprint(a) != model_fingerprint(b)
+
+
+def test_split_evenly_covers_range_once() -> None:
+    for n in range(0, 9):
+        for world in (1, 2, 3):
+            covered = [i for r in range(world) for i in range(n)[split_evenly(n, world, r)]]
+            assert covered == list(range(n))
+
+
+# ---------------------------------------------------------------- data parallel (2 gloo ranks)
+
+
+def _noise_folder(root: Path, n: int = 11) -> Path:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    (root / "classnames.txt").write_text("cat\ndog\nbird\nfish\nfrog\nbee\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\nan image of a {c}\n")
+    samples = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(buf, format="PNG")
+        samples.append({"__key__": f"s{i:02d}", "png": buf.getvalue(), "cls": str(i % 6).encode(),
+                        "txt": f"a photo of a {['cat', 'dog', 'bird'][i % 3]} number {i}\nthing {i}".encode()})
+    write_split(root, [samples[:5], samples[5:]])
+    return root
+
+
+def _tiny_loaded():
+    from tiny_arch import TINY_ARCH
+    from vlp.config import Config
+    from vlp.models.dual_encoder import DualEncoder
+    from vlp.models.loading import wrap_model
+
+    arch = {**TINY_ARCH, "text_cfg": {**TINY_ARCH["text_cfg"], "vocab_size": 49408, "context_length": 16}}
+    torch.manual_seed(0)
+    model = DualEncoder(arch).eval()
+    cfg = Config()
+    return wrap_model(model, cfg, name="tiny")
+
+
+def _run_all(runtime: EvalRuntime, data: Path, out: Path, cache: Path | None) -> dict:
+    from eval.run import DatasetSpec, RunOptions, run_tasks
+
+    encoder = Encoder(ModelSource("tiny", _tiny_loaded, "tiny"), EmbeddingCache(cache), runtime,
+                      EncodeOptions(batch_size=3, progress=False), device="cpu")
+    results = run_tasks(encoder, ["zeroshot", "retrieval"],
+                        [DatasetSpec("classification", data), DatasetSpec("retrieval", data)], out,
+                        RunOptions(batch_size=3, progress=False, grid_queries=0))
+    images = encoder.images(ClassificationShards(data))
+    return {"metrics": [r["metrics"] for r in results], "keys": [r.key for r in images.records],
+            "emb": images.embeddings, "encoded": encoder.images_encoded}
+
+
+def _dp_worker(rank: int, init_file: str, data: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        result = _run_all(EvalRuntime(rank=rank, world=2), Path(data), Path(out) / "dp", None)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
+    data = _noise_folder(tmp_path / "noise")
+    single = _run_all(EvalRuntime(), data, tmp_path / "single", None)
+    mp.spawn(_dp_worker, args=(str(tmp_path / "init"), str(data), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        dp = torch.load(tmp_path / f"rank{rank}.pt")
+        assert dp["keys"] == single["keys"] == [f"s{i:02d}" for i in range(11)]
+        torch.testing.assert_close(dp["emb"], single["emb"], rtol=0, atol=1e-6)
+        assert dp["metrics"] == single["metrics"]
+        assert dp["encoded"] == 3 * (6 if rank == 0 else 5)  # 3 passes (no cache), each over its part only
+    assert single["encoded"] == 3 * 11
+    assert (tmp_path / "dp" / "results.csv").is_file()  # rank 0 wrote the reports
+
+
+# ---------------------------------------------------------------- eval run CLI
+
+
+def test_eval_run_writes_json_csv_markdown_and_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    import types
+
+    from eval.__main__ import main
+
+    loads: list[str] = []
+
+    def load_eval_model(path, device="cpu", model_config=None, allow_mismatch=False):
+        loads.append(path)
+        loaded = counting_loaded()
+        loaded.warnings = ["activation: undeclared"]
+        return loaded
+
+    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    data = make_dual_folder(tmp_path / "dual")
+    argv = ["run", "--model", str(ckpt), "--tasks", "zeroshot,retrieval,diagnostics", "--datasets",
+            f"classification:{data},retrieval:{data}", "--output", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    out = tmp_path / "out"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["dual_diagnostics.json", "dual_retrieval_top5.png", "dual_similarity_histogram.png",
+                     "dual_zeroshot_classification.json", "dual_zeroshot_retrieval.json", "results.csv", "summary.md"]
+    zs = json.loads((out / "dual_zeroshot_classification.json").read_text())
+    assert zs["metrics"]["acc1"] == 1.0 and math.isnan(zs["metrics"]["acc5"]) and zs["skipped"] == 1
+    assert zs["model_warnings"] == ["activation: undeclared"]
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("dataset,model,task")
+    assert "## zeroshot_classification" in (out / "summary.md").read_text()
+    assert loads == [str(ckpt)]
+
+    # warm: nothing is loaded, same numbers, warnings remembered
+    shutil.rmtree(out)
+    assert main(argv) == 0
+    assert loads == [str(ckpt)]
+    assert json.loads((out / "dual_zeroshot_classification.json").read_text()) == zs
+
+    # another checkpoint file (new bytes) is another model
+    ckpt.write_bytes(b"other weights")
+    assert main(argv) == 0
+    assert loads == [str(ckpt), str(ckpt)]
+
+
+def test_eval_run_rejects_unknown_task_and_missing_dataset(tmp_path: Path, capsys) -> None:
+    from eval.__main__ import main
+
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    base = ["run", "--model", str(ckpt), "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main([*base, "--tasks", "zeroshot,captioning", "--datasets", str(tmp_path)]) == 2
+    assert "unknown task(s) captioning" in capsys.readouterr().err
+    assert main([*base, "--tasks", "zeroshot", "--datasets", f"classification:{tmp_path / 'nope'}"]) == 2
+    assert "dataset not found" in capsys.readouterr().err
