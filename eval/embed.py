@@ -77,6 +77,12 @@ def encode_images(
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
+def token_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """[B] position of the last non-zero token + 1 (the real length before padding)."""
+    positions = torch.arange(1, tokens.shape[1] + 1).expand_as(tokens)
+    return (positions * (tokens != 0)).max(dim=1).values
+
+
 @torch.no_grad()
 def encode_texts(
     model: torch.nn.Module,
@@ -85,10 +91,21 @@ def encode_texts(
     batch_size: int = 256,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Tokenize and encode ``texts`` in batches of ``batch_size`` -> [N, D]."""
+    """Tokenize and encode ``texts`` in batches of ``batch_size`` -> [N, D], in input order.
+
+    Texts are batched in order of token length, so each batch is padded only to its own longest
+    text (the text towers run only up to it); every row is independent of its batch, so the
+    result is the same as in input order.
+    """
     device = torch.device(device) if device is not None else model_device(model)
+    if not len(texts):
+        return torch.zeros(0, 0)
+    tokens = tokenizer(list(texts))
+    order = torch.argsort(token_lengths(tokens), stable=True)
     chunks = []
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start : start + batch_size]))
-        chunks.append(_normalised(model.encode_text(tokens.to(device))))
-    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+        chunks.append(_normalised(model.encode_text(tokens[order[start : start + batch_size]].to(device))))
+    sorted_emb = torch.cat(chunks)
+    out = torch.empty_like(sorted_emb)
+    out[order] = sorted_emb
+    return out

@@ -67,3 +67,25 @@ def test_open_clip_export_keeps_the_siglip_bias(tmp_path):
     images, texts = _inputs()
     with torch.no_grad():
         assert torch.allclose(loaded.encode_text(texts, normalize=True), model.encode_text(texts), atol=1e-6)
+
+
+def test_open_clip_export_keeps_quick_gelu(tmp_path):
+    from vlp.export.open_clip_format import export_open_clip
+
+    torch.manual_seed(0)
+    model = DualEncoder(TINY_ARCH, quick_gelu=True).eval()
+    export_open_clip(model, tmp_path / "oc")
+    loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    loaded.eval()
+    assert type(loaded.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    images, texts = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_text(texts, normalize=True), model.encode_text(texts), atol=1e-6)
+        assert torch.allclose(loaded.encode_image(images, normalize=True), model.encode_image(images), atol=1e-6)
+
+
+def test_arch_that_declares_quick_gelu_gets_it():
+    plain = DualEncoder(TINY_ARCH)
+    declared = DualEncoder({**TINY_ARCH, "quick_gelu": True})
+    assert type(plain.clip.transformer.resblocks[0].mlp.gelu).__name__ == "GELU" and not plain.quick_gelu
+    assert type(declared.clip.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU" and declared.quick_gelu

@@ -36,6 +36,7 @@ def export_open_clip(model: DualEncoder, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = dict(model.arch)
+    model_cfg["quick_gelu"] = bool(getattr(model, "quick_gelu", False))  # open_clip reloads the same activation
     if model.clip.logit_bias is not None:  # open_clip creates the bias parameter only when told to
         model_cfg["init_logit_bias"] = float(model.clip.logit_bias.detach())
     config = {

@@ -41,7 +41,9 @@ class DualEncoder(nn.Module):
             model_class = open_clip.CustomTextCLIP
         else:
             model_class = open_clip.CLIP
-        self.clip = model_class(**kwargs, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale,
+        # an arch that declares QuickGELU (e.g. "ViT-B-32-quickgelu") gets it whatever the flag says
+        self.quick_gelu = bool(quick_gelu or self.arch.get("quick_gelu", False))
+        self.clip = model_class(**kwargs, quick_gelu=self.quick_gelu, init_logit_scale=init_logit_scale,
                                 init_logit_bias=init_logit_bias)
         self.max_log_scale = math.log(max_logit_scale)
 
@@ -63,34 +65,8 @@ class DualEncoder(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = self._encode_text_trimmed(text) if self._can_trim_text else self.clip.encode_text(text)
+        features = encode_text_trimmed(self.clip, text) if can_trim_text(self.clip) else self.clip.encode_text(text)
         return F.normalize(features, dim=-1) if normalize else features
-
-    @property
-    def _can_trim_text(self) -> bool:
-        clip = self.clip
-        return (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None
-                and clip.text_pool_type == "argmax" and not getattr(clip.transformer, "grad_checkpointing", False))
-
-    def _encode_text_trimmed(self, text: torch.Tensor) -> torch.Tensor:
-        """open_clip's text tower run only up to the batch's last end-of-text token.
-
-        With a causal mask, a position never attends to later ones, so the padding after the
-        longest caption cannot change any pooled (end-of-text) feature: the result equals the
-        full-context forward, at the cost of the real caption lengths instead of the context
-        length (web captions average ~15 BPE tokens against a context of 77).
-        """
-        clip = self.clip
-        length = int(text.argmax(dim=-1).max().item()) + 1
-        text = text[:, :length]
-        cast_dtype = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-        x = clip.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
-        if clip.text_projection is None:
-            return x
-        return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, neg_text: Optional[torch.Tensor] = None,
                 image_aug: Optional[torch.Tensor] = None, text_aug: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -117,3 +93,31 @@ class DualEncoder(nn.Module):
     def clamp_logit_scale(self) -> None:
         """Keep exp(logit_scale) in [1, max_logit_scale] (called after every optimizer step)."""
         self.clip.logit_scale.clamp_(0.0, self.max_log_scale)
+
+
+def can_trim_text(clip: nn.Module) -> bool:
+    """True when ``clip``'s text tower is open_clip's causal transformer pooled at the argmax
+    token, so :func:`encode_text_trimmed` gives its exact features."""
+    return (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None
+            and clip.text_pool_type == "argmax" and not getattr(clip.transformer, "grad_checkpointing", False))
+
+
+def encode_text_trimmed(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's text features, running the tower only up to the batch's last end-of-text token.
+
+    With a causal mask, a position never attends to later ones, so the padding after the
+    longest caption cannot change any pooled (end-of-text) feature: the result equals the
+    full-context forward, at the cost of the real caption lengths instead of the context
+    length (web captions average ~15 BPE tokens against a context of 77).
+    """
+    length = int(text.argmax(dim=-1).max().item()) + 1
+    text = text[:, :length]
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+    if clip.text_projection is None:
+        return x
+    return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
+

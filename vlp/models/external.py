@@ -378,7 +378,11 @@ class OpenCLIPEncoder(nn.Module):
         return F.normalize(self.clip.encode_image(image), dim=-1)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_text(text), dim=-1)
+        from vlp.models.dual_encoder import can_trim_text, encode_text_trimmed
+
+        # exact: the causal text tower runs only up to the batch's last end-of-text token
+        features = encode_text_trimmed(self.clip, text) if can_trim_text(self.clip) else self.clip.encode_text(text)
+        return F.normalize(features, dim=-1)
 
 
 def _open_clip_text(clip: nn.Module) -> Tuple[Optional[nn.Module], str]:
@@ -545,6 +549,8 @@ class HFCLIPEncoder(nn.Module):
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         mask = text_attention_mask(text, self.eos_id)
+        length = max(int(mask.sum(dim=1).max().item()), 1) if mask.numel() else text.shape[1]
+        text, mask = text[:, :length], mask[:, :length]  # exact: only padding after the longest text goes
         return F.normalize(_features(self.clip.get_text_features(input_ids=text, attention_mask=mask)), dim=-1)
 
 
