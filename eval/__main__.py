@@ -51,7 +51,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="evaluate despite activation/tokenizer/context mismatches (reported in the JSON)")
     parser.add_argument("--batch-size", type=int, default=256, help="images (and texts) per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="image decoding processes (default: min(4, CPU count)); 0 decodes in the main process")
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder (default $VLP_CACHE_DIR or ~/.cache/vlp/eval)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
