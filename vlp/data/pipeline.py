@@ -7,7 +7,9 @@ tokenized and batched inside the workers. One caption of a sample's caption list
 epoch, seeded by (seed, epoch, key). A sample that fails to read or decode is skipped and counted;
 the counts ride along with the next batch as ``batch["skipped"]``.
 
-Batch keys: ``image`` float [B, 3, S, S]; ``text`` long [B, context]; ``key`` list of sample keys;
+Batch keys: ``image`` [B, 3, S, S], uint8 pixels with ``TrainTransform`` (the default, ``uint8_images``:
+the consumer normalises, e.g. ``transforms.normalize_on_device`` on the training device) and
+normalised float otherwise; ``text`` long [B, context]; ``key`` list of sample keys;
 ``skipped`` {reason: count}; with ``num_negatives`` K > 0 also ``neg_text`` long [B, K, context]
 (the negatives of the drawn caption, padded by repetition, see ``negative_tokens``) and ``neg_mask``
 bool [B, K] (True where a distinct negative is); with ``image_views`` 2 ``image_aug`` (a second
@@ -31,25 +33,27 @@ from vlp.data.shards import ShardSource, count_samples, resolve_sources
 from vlp.data.skips import SkipCounter
 from vlp.data.sources import read_samples, shard_stream
 from vlp.data.tokenizers import Tokenizer
-from vlp.data.transforms import ImageTransform, draft_size_of
+from vlp.data.transforms import ImageTransform, draft_size_of, shared_batch_tensor
 
 ShardsArg = Union[str, Sequence[Any]]
 
 
 class BatchAssembler:
     """Pipeline stage: raw samples in, batches out (in the worker). With a transform that has
-    ``crop_resize``/``normalize_batch`` (``TrainTransform``) images are gathered as uint8 and
-    normalised once per batch; any other transform is called per image."""
+    ``crop_resize``/``normalize_batch`` (``TrainTransform``) images are gathered as uint8 and batched
+    as uint8 (``uint8_images``) or normalised once per batch; any other transform is called per image."""
 
     def __init__(self, batch_size: int, transform: ImageTransform, tokenizer: Tokenizer,
                  image_keys: Sequence[str], caption_key: str, skips: SkipCounter, *, seed: int = 0,
-                 num_negatives: int = 0, draft: bool = True, image_views: int = 1, text_views: int = 1) -> None:
+                 num_negatives: int = 0, draft: bool = True, image_views: int = 1, text_views: int = 1,
+                 uint8_images: bool = True) -> None:
         self.batch_size, self.transform, self.tokenizer = batch_size, transform, tokenizer
         self.image_views, self.text_views = image_views, text_views
         self.image_keys, self.caption_key, self.skips = image_keys, caption_key, skips
         self.seed, self.num_negatives = seed, num_negatives
         self.draft_size = draft_size_of(transform) if draft else None
         self.fast = hasattr(transform, "crop_resize") and hasattr(transform, "normalize_batch")
+        self.uint8_images = uint8_images
 
     def _prepare(self, sample: Dict[str, Any]) -> tuple[List[Any], List[str], List[str]]:
         """([pixels per image view], [caption per text view], negatives) of one sample."""
@@ -67,8 +71,12 @@ class BatchAssembler:
     def _batch(self, views: List[List[Any]], texts: List[List[str]], keys: List[str],
                negatives: List[List[str]]) -> Dict[str, Any]:
         def images(pixels: List[Any]) -> torch.Tensor:
-            stacked = torch.stack(pixels)
-            return self.transform.normalize_batch(stacked) if self.fast else stacked  # fast: from uint8 [B, 3, S, S]
+            if not self.fast:
+                return torch.stack(pixels)
+            if not self.uint8_images:
+                return self.transform.normalize_batch(torch.stack(pixels))
+            # uint8 [B, 3, S, S] written straight into shared memory: no copy on the way to the consumer
+            return torch.stack(pixels, out=shared_batch_tensor((len(pixels), *pixels[0].shape), torch.uint8))
 
         batch: Dict[str, Any] = {"image": images([v[0] for v in views]), "text": self.tokenizer([t[0] for t in texts]),
                                  "key": keys, "skipped": self.skips.drain()}
@@ -143,10 +151,13 @@ def build_train_loader(shards: ShardsArg, batch_size: int, transform: ImageTrans
                        world_size: int = 1, image_keys: Sequence[str] = ("jpg", "png", "webp"),
                        caption_key: str = "txt", resampled: bool = False, epochs: Optional[int] = None,
                        num_negatives: int = 0, draft: bool = True, image_views: int = 1,
-                       text_views: int = 1) -> torch.utils.data.DataLoader:
+                       text_views: int = 1, uint8_images: bool = True,
+                       pin_memory: Optional[bool] = None) -> torch.utils.data.DataLoader:
     """A DataLoader of this rank's training batches (already collated in the workers). ``shards`` is a
     spec string or a list of {shards, weight} sources. Endless unless ``epochs`` is given (epoch mode
-    only), in which case the last batch may be partial."""
+    only), in which case the last batch may be partial. ``uint8_images``: with ``TrainTransform``, images
+    come as uint8 pixels for the consumer to normalise (see the module doc). ``pin_memory`` (default:
+    when CUDA is available) pins batches for asynchronous host-to-device copies."""
     if resampled and epochs is not None:
         raise ValueError("epochs= bounds epoch mode; a resampled stream is endless")
     sources = resolve_sources(shards)
@@ -161,9 +172,11 @@ def build_train_loader(shards: ShardsArg, batch_size: int, transform: ImageTrans
                                   rng=random.Random(seed + 7919 * (rank + 1))))
     stages.append(BatchAssembler(batch_size, transform, tokenizer, image_keys, caption_key, skips, seed=seed,
                                  num_negatives=num_negatives, draft=draft, image_views=image_views,
-                                 text_views=text_views))
+                                 text_views=text_views, uint8_images=uint8_images))
     pipeline = wds.DataPipeline(*stages)
-    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                        persistent_workers=workers > 0 and epochs is None,
                                        prefetch_factor=4 if workers else None)
 

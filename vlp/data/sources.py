@@ -20,6 +20,7 @@ import torch
 import webdataset as wds
 
 from vlp.data.shards import ShardSource
+from vlp.data.tar_stream import tar_samples
 
 
 def worker_info() -> tuple[int, int]:
@@ -67,11 +68,19 @@ class ResampledShardStream(torch.utils.data.IterableDataset):
 
 
 def read_samples(shards: Iterator[Dict[str, object]], handler) -> Iterator[Dict[str, object]]:
-    """Raw samples of each shard (opened through webdataset's gopen), tagged with "__epoch__"."""
+    """Raw samples of each shard (opened through webdataset's gopen, parsed by ``tar_stream``), tagged
+    with "__epoch__". A shard that fails to open or read goes to ``handler`` (count and go on)."""
     for shard in shards:
-        for sample in wds.tarfile_samples([{"url": shard["url"]}], handler=handler):
-            sample["__epoch__"] = shard["epoch"]
-            yield sample
+        url = str(shard["url"])
+        try:
+            stream = wds.gopen(url)
+            for sample in tar_samples(stream, url, handler):
+                sample["__epoch__"] = shard["epoch"]
+                yield sample
+        except Exception as exn:
+            exn.args = exn.args + (url,)
+            if not handler(exn):
+                raise
 
 
 def shard_stream(sources: List[ShardSource], *, resampled: bool, seed: int, rank: int, world_size: int,

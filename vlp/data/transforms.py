@@ -3,8 +3,10 @@
 The training transform is built for the loader's hot path: the crop is a view of the decoded pixels
 (no copy) and the resize is torch's antialiased bicubic on uint8 (channels-last, vectorised; the
 same filter as Pillow's bicubic ``resize``, within 2 of 255 levels, about 4x faster).
-``crop_resize`` hands the result to the batch as uint8 and ``normalize_batch`` turns a whole batch
-to normalised floats in a few vectorised ops instead of per-image ToTensor + Normalize.
+``crop_resize`` hands the result to the batch as uint8; the training loader ships uint8 batches (4x
+fewer bytes through shared memory and to the device) and ``normalize_on_device`` turns a whole batch
+to normalised floats on the training device at the start of the step. ``normalize_batch`` does the
+same on CPU, in a loader worker, for consumers that want floats from the loader.
 ``draft_size`` tells the decoder how far a JPEG may be shrunk at decode time (DCT scaling) while the
 smallest crop still keeps the target size. Crop boxes are drawn from Python's ``random`` (seeded
 per loader worker by the DataLoader), with torchvision's RandomResizedCrop algorithm.
@@ -12,6 +14,7 @@ per loader worker by the DataLoader), with torchvision's RandomResizedCrop algor
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -33,7 +36,8 @@ _RATIO = (3.0 / 4.0, 4.0 / 3.0)
 class TrainTransform:
     """RGB, random resized crop (bicubic, antialiased) over ``resize_scale`` of the area and aspect
     ratios 3/4..4/3, optional brightness/contrast jitter, CLIP normalisation. No horizontal flip:
-    captions say left/right. Calling it gives a normalised float tensor [3, S, S]."""
+    captions say left/right. ``crop_resize`` gives uint8 [3, S, S] (what the training loader batches);
+    calling it gives the normalised float tensor [3, S, S]."""
 
     def __init__(self, image_size: int, resize_scale: Sequence[float] = (0.85, 1.0), color_jitter: float = 0.0,
                  mean: Sequence[float] = OPENAI_DATASET_MEAN, std: Sequence[float] = OPENAI_DATASET_STD,
@@ -42,9 +46,7 @@ class TrainTransform:
         self.scale = (float(resize_scale[0]), float(resize_scale[1]))
         self.rng = rng or random  # the module: the DataLoader seeds it in each worker
         self.jitter = T.ColorJitter(brightness=color_jitter, contrast=color_jitter) if color_jitter > 0 else None
-        # (x / 255 - mean) / std == x * scale + shift
-        self.scale_ = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0 * self.scale_
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         # the smallest crop (area scale[0], ratio 3/4) must keep image_size pixels on its short side
         self.draft_size = math.ceil(self.image_size / math.sqrt(self.scale[0] * _RATIO[0]))
 
@@ -67,11 +69,8 @@ class TrainTransform:
         if image.mode != "RGB":
             image = image.convert("RGB")
         left, top, w, h = box
-        with warnings.catch_warnings():  # read-only view of Pillow's buffer: nothing writes to it
-            warnings.simplefilter("ignore", UserWarning)
-            pixels = torch.from_numpy(np.asarray(image))
-        crop = pixels[top:top + h, left:left + w].permute(2, 0, 1).unsqueeze(0)  # a view, channels-last
-        out = F.interpolate(crop, size=(self.image_size, self.image_size), mode="bicubic", antialias=True)[0]
+        crop = _pixels(image)[top:top + h, left:left + w].permute(2, 0, 1).unsqueeze(0)  # a view, channels-last
+        out = F.interpolate(crop, size=(self.image_size, self.image_size), mode="bicubic", antialias=True)[0, :3]
         return self.jitter(out) if self.jitter is not None else out
 
     def crop_resize(self, image: Image.Image) -> torch.Tensor:
@@ -82,20 +81,62 @@ class TrainTransform:
         """uint8 [B, 3, S, S] -> normalised float32 [B, 3, S, S] (contiguous). In a loader worker the
         result is written straight into shared memory, as torch's default_collate does, so handing
         it to the training process costs no extra copy."""
-        out = _batch_tensor(batch.shape, torch.float32)
-        return out.copy_(batch).mul_(self.scale_).add_(self.shift)
+        scale, shift = _affine(self.mean, self.std, torch.device("cpu"))
+        out = shared_batch_tensor(batch.shape, torch.float32)
+        return out.copy_(batch).mul_(scale).add_(shift)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.normalize_batch(self.crop_resize(image).unsqueeze(0))[0]
 
 
-def _batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _affine(mean: Tuple[float, ...], std: Tuple[float, ...], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) [1, C, 1, 1] float32 on ``device`` with (x / 255 - mean) / std == x * scale + shift;
+    computed on CPU (the same bits wherever they are used), cached per device."""
+    scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+    shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0 * scale
+    return scale.to(device), shift.to(device)
+
+
+def normalize_on_device(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images [B, C, H, W] (or [C, H, W]) -> (x / 255 - mean) / std as ``dtype``, computed in
+    float32 on the images' device: the same values as ``TrainTransform.normalize_batch`` on CPU.
+    Floating-point images are taken as already normalised and only cast to ``dtype``."""
+    if images.is_floating_point():
+        return images.to(dtype)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize_on_device: expected uint8 or floating-point images, got {images.dtype}")
+    scale, shift = _affine(tuple(float(m) for m in mean), tuple(float(s) for s in std), images.device)
+    if images.dim() == 3:
+        scale, shift = scale[0], shift[0]
+    out = images.to(torch.float32).mul_(scale).add_(shift)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def shared_batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """An empty tensor, in shared memory when called in a DataLoader worker."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(tuple(shape), dtype=dtype)
     proto = torch.empty(0, dtype=dtype)
     storage = proto._typed_storage()._new_shared(math.prod(shape), device="cpu")
     return proto.new(storage).resize_(*shape)
+
+
+# Pillow keeps RGB as 4 bytes a pixel: exporting them as RGBX is a plain copy (about 2x faster than packing
+# to RGB), and torch's vectorised uint8 resize works on 4 channels natively (3 are widened to 4 inside it).
+_RGBX = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    """uint8 [H, W, C] pixels of an RGB image: C = 4 (RGB + padding) where torch's uint8 resize is
+    vectorised, else 3. Read-only (it wraps bytes): nothing writes to it."""
+    width, height = image.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if _RGBX:
+            return torch.from_numpy(np.frombuffer(image.tobytes("raw", "RGBX"), np.uint8).reshape(height, width, 4))
+        return torch.from_numpy(np.asarray(image))
 
 
 def train_transform(image_size: int, resize_scale: Sequence[float] = (0.85, 1.0),

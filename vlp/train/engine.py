@@ -1,7 +1,8 @@
 """The training loop: one Accelerate loop over the endless shard stream.
 
-Per step: forward both towers, sum the configured objectives, backward, clip, AdamW step, schedule
-step, clamp the temperature. Every ``log_every`` steps a JSON line; every ``checkpoint_every`` steps
+Per step: move the batch to the device (images as uint8) and normalise its images there, forward
+both towers, sum the configured objectives, backward, clip, AdamW step, schedule step, clamp the
+temperature. Every ``log_every`` steps a JSON line; every ``checkpoint_every`` steps
 an atomic checkpoint; at the end a final checkpoint and the built-in evaluation. A step whose loss
 is not finite on any rank is skipped on all ranks and counted; too many in a row stop the run with
 the last good checkpoint intact.
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from vlp.config import Config, config_to_yaml
 from vlp.data.pipeline import epoch_samples, loader_from_config, train_sources
 from vlp.data.skips import SkipReport
-from vlp.data.transforms import train_transform
+from vlp.data.transforms import normalize_on_device, train_transform
 from vlp.losses.registry import compute_objective
 from vlp.models.factory import build_model, count_parameters, model_tokenizer
 from vlp.train.checkpoint import FINAL_NAME, load_checkpoint, newest_for_resume, prune_step_checkpoints, save_atomic
@@ -33,6 +34,7 @@ from vlp.train.run_dir import RunDir
 log = logging.getLogger(__name__)
 MAX_NONFINITE_IN_A_ROW = 20
 MODEL_INPUTS = ("image", "text", "neg_text", "image_aug", "text_aug")  # batch keys the model takes
+IMAGE_INPUTS = ("image", "image_aug")  # uint8 pixels from the loader, normalised on the device
 
 
 class NonFiniteLossError(RuntimeError):
@@ -107,6 +109,9 @@ def train(cfg: Config) -> Path:
         batch = next(batches)
         skipped.update(batch["skipped"])
         inputs = {k: batch[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
+        for k in IMAGE_INPUTS:
+            if k in inputs:
+                inputs[k] = normalize_on_device(inputs[k], transform.mean, transform.std)
         with accelerator.autocast():
             outputs = model(**inputs)
             losses = compute_objective(outputs, cfg.loss.terms)
