@@ -2,9 +2,9 @@
 
 Both evaluate the same open_clip checkpoint (an open_clip architecture, random init with a fixed
 seed, saved as a state-dict file: nothing is downloaded) on the same local CLIP_benchmark
-webdataset folders (the built-in shapes sets: zero-shot classification, and retrieval with 2-3
-captions per image), in float32 on this machine's device, each with its own defaults (batch size,
-workers). clip_benchmark runs in its own environment ``.venv-anchor-eval`` (it wants requests,
+webdataset folders (the built-in shapes sets: zero-shot classification over 16 classes x 7
+templates, and retrieval with 5 captions per image as in COCO and Flickr30k), in float32 on this
+machine's device, each with its own defaults (batch size, workers). clip_benchmark runs in its own environment ``.venv-anchor-eval`` (it wants requests,
 scikit-learn and numpy<2.4; built on first use) with ``--no_amp`` so that both compute in float32.
 
 Timed, as whole commands a user would type (interpreter start, imports, model build included):
@@ -12,11 +12,13 @@ Timed, as whole commands a user would type (interpreter start, imports, model bu
 * ours cold: one ``eval run`` over both datasets with an empty embedding cache;
 * ours warm: the same command again (cache hit: the model is not even loaded).
 
-Every metric must agree within 1e-6. Goals: cold at most 0.5x clip_benchmark's wall time, warm at
-most 0.1x. Last line: one JSON object; ``ratio`` = anchor time / our cold time (above 1: faster).
+Anchor and ours alternate for ``--rounds`` rounds and the best time of each is kept (the least
+disturbed by other load on the machine); every round is listed. Every metric must agree within
+1e-6. Goals: cold at most 0.5x clip_benchmark's wall time, warm at most 0.1x. Last line: one JSON
+object; ``ratio`` = anchor time / our cold time (above 1: faster).
 
-    python benchmarks/eval_speed.py                      # ViT-B-32, 320 + 300 images
-    python benchmarks/eval_speed.py --arch ViT-S-32 --zeroshot-per-class 10 --retrieval 100   # quicker
+    python benchmarks/eval_speed.py                      # ViT-B-32, 160 + 150 images, 2 rounds
+    python benchmarks/eval_speed.py --arch ViT-S-32 --rounds 1   # quicker
 """
 
 from __future__ import annotations
@@ -36,16 +38,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anchor_env import clip_benchmark_env  # noqa: E402
 
 
-def make_data(out: Path, per_class: int, retrieval: int, seed: int) -> tuple[Path, Path]:
+def make_data(out: Path, per_class: int, retrieval: int, captions: int, seed: int) -> tuple[Path, Path]:
     """The shapes zero-shot and retrieval folders (CLIP_benchmark layout), made once."""
     # 8+ shards per set, as published CLIP_benchmark sets have (clip_benchmark's 4 workers need 4)
     shard_size = max(1, min(16 * per_class, retrieval) // 8)
-    stamp = out / f"done-{per_class}-{retrieval}-{seed}-{shard_size}"
+    stamp = out / f"done-{per_class}-{retrieval}-{captions}-{seed}-{shard_size}"
     if not stamp.exists():
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "data_prep", "synth-shapes", "--out", str(out), "--train-samples", "16",
                "--seed", str(seed), "--zeroshot-per-class", str(per_class), "--retrieval-samples", str(retrieval),
-               "--compositional-samples", "16", "--shard-size", str(shard_size)]
+               "--compositional-samples", "16", "--shard-size", str(shard_size), "--retrieval-captions", str(captions)]
         subprocess.run(cmd, check=True, cwd=ROOT)
         stamp.write_text("")
     return out / "eval" / "zeroshot", out / "eval" / "retrieval"
@@ -120,44 +122,55 @@ def max_metric_difference(ours: dict, anchor: dict) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="ViT-B-32", help="open_clip architecture name")
-    parser.add_argument("--zeroshot-per-class", type=int, default=20, help="images per class (16 classes)")
-    parser.add_argument("--retrieval", type=int, default=300, help="retrieval images (2-3 captions each)")
+    parser.add_argument("--zeroshot-per-class", type=int, default=10, help="images per class (16 classes)")
+    parser.add_argument("--retrieval", type=int, default=150, help="retrieval images")
+    parser.add_argument("--captions", type=int, default=5, help="captions per retrieval image")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best time of each is kept")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=str(ROOT / "data" / "bench-eval"), help="data, checkpoint, outputs")
     args = parser.parse_args()
 
     work = Path(args.work)
-    zeroshot, retrieval = make_data(work / "data", args.zeroshot_per_class, args.retrieval, args.seed)
+    zeroshot, retrieval = make_data(work / "data", args.zeroshot_per_class, args.retrieval, args.captions, args.seed)
     ckpt = make_checkpoint(work / f"{args.arch}-seed{args.seed}.pt", args.arch, args.seed)
     anchor_python = clip_benchmark_env()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
 
-    anchor_s, anchor_metrics = run_anchor(anchor_python, args.arch, ckpt, work / "data", work / "out-anchor", env)
-    cache = work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    shutil.rmtree(work / "out-ours", ignore_errors=True)
-    cold_s, cold_metrics = run_ours(args.arch, ckpt, zeroshot, retrieval, work / "out-ours", cache, env)
-    warm_s, warm_metrics = run_ours(args.arch, ckpt, zeroshot, retrieval, work / "out-ours-warm", cache, env)
-
-    worst, diffs = max_metric_difference(cold_metrics, anchor_metrics)
-    warm_worst, _ = max_metric_difference(warm_metrics, anchor_metrics)
+    rounds = []
+    for r in range(args.rounds):
+        anchor_s, anchor_metrics = run_anchor(anchor_python, args.arch, ckpt, work / "data", work / "out-anchor", env)
+        cache = work / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(work / "out-ours", ignore_errors=True)
+        cold_s, cold_metrics = run_ours(args.arch, ckpt, zeroshot, retrieval, work / "out-ours", cache, env)
+        warm_s, warm_metrics = run_ours(args.arch, ckpt, zeroshot, retrieval, work / "out-ours-warm", cache, env)
+        worst, diffs = max_metric_difference(cold_metrics, anchor_metrics)
+        warm_worst, _ = max_metric_difference(warm_metrics, anchor_metrics)
+        rounds.append({"clip_benchmark_s": round(anchor_s, 2), "ours_cold_s": round(cold_s, 2),
+                       "ours_warm_s": round(warm_s, 2), "max_metric_abs_diff": max(worst, warm_worst)})
+        print(json.dumps({"round": r, **rounds[-1]}), file=sys.stderr, flush=True)
     print(json.dumps(diffs, indent=1), file=sys.stderr)
+    anchor_s = min(r["clip_benchmark_s"] for r in rounds)
+    cold_s = min(r["ours_cold_s"] for r in rounds)
+    warm_s = min(r["ours_warm_s"] for r in rounds)
+    worst = max(r["max_metric_abs_diff"] for r in rounds)
     result = {
         "benchmark": "eval_speed",
         "arch": args.arch,
         "images": {"zeroshot": 16 * args.zeroshot_per_class, "retrieval": args.retrieval},
-        "clip_benchmark_s": round(anchor_s, 2),
-        "ours_cold_s": round(cold_s, 2),
-        "ours_warm_s": round(warm_s, 2),
+        "texts": {"prompts": 16 * 7, "captions": args.retrieval * args.captions},
+        "clip_benchmark_s": anchor_s,
+        "ours_cold_s": cold_s,
+        "ours_warm_s": warm_s,
         "cold_fraction": round(cold_s / anchor_s, 3),
         "warm_fraction": round(warm_s / anchor_s, 3),
         "ratio": round(anchor_s / cold_s, 3),
         "ratio_warm": round(anchor_s / warm_s, 3),
         "max_metric_abs_diff": worst,
-        "max_metric_abs_diff_warm": warm_worst,
-        "metrics_identical_1e-6": worst <= 1e-6 and warm_worst <= 1e-6,
+        "metrics_identical_1e-6": worst <= 1e-6,
         "goal_cold_met": cold_s <= 0.5 * anchor_s,
         "goal_warm_met": warm_s <= 0.1 * anchor_s,
+        "rounds": rounds,
         "anchor_metrics": anchor_metrics,
         "ours_metrics": cold_metrics,
     }

@@ -130,13 +130,14 @@ def zeroshot_samples(seed: int, per_class: int, image_size: int) -> Iterator[dic
         yield cbl.classification_sample(index, encode_jpeg(render_scene(scene, image_size, rng)), int(label))
 
 
-def retrieval_samples(seed: int, count: int, image_size: int) -> Iterator[dict[str, Any]]:
-    """One- and two-object images, each with 2-3 differently phrased true captions."""
+def retrieval_samples(seed: int, count: int, image_size: int, captions: int = 0) -> Iterator[dict[str, Any]]:
+    """One- and two-object images, each with ``captions`` differently phrased true captions
+    (0: 2 or 3, drawn per image)."""
     rng = np.random.default_rng([seed, STREAM_RETRIEVAL])
     for index in range(count):
         scene = sample_single(rng) if index % 2 == 0 else sample_pair(rng)
-        captions = retrieval_captions(scene, rng, int(rng.integers(2, 4)))
-        yield cbl.retrieval_sample(index, encode_jpeg(render_scene(scene, image_size, rng)), captions)
+        texts = retrieval_captions(scene, rng, captions or int(rng.integers(2, 4)))
+        yield cbl.retrieval_sample(index, encode_jpeg(render_scene(scene, image_size, rng)), texts)
 
 
 def compositional_samples(seed: int, count: int, image_size: int) -> Iterator[dict[str, Any]]:
@@ -162,6 +163,7 @@ class SynthShapesConfig:
     zeroshot_per_class: int = 40
     retrieval_samples: int = 400
     compositional_samples: int = 400
+    retrieval_captions: int = 0  # captions per retrieval image; 0: 2 or 3 drawn per image
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad argument."""
@@ -173,6 +175,7 @@ class SynthShapesConfig:
             "zeroshot_per_class": self.zeroshot_per_class >= 1,
             "retrieval_samples": self.retrieval_samples >= 1,
             "compositional_samples": self.compositional_samples >= 1,
+            "retrieval_captions": 0 <= self.retrieval_captions <= 8,
         }
         for name, ok in checks.items():
             if not ok:
@@ -247,7 +250,7 @@ def generate(
     n_ret, n_comp = cfg.retrieval_samples, cfg.compositional_samples
     eval_sets = (
         ("zeroshot", zeroshot_samples(cfg.seed, cfg.zeroshot_per_class, cfg.image_size), n_zero),
-        ("retrieval", retrieval_samples(cfg.seed, n_ret, cfg.image_size), n_ret),
+        ("retrieval", retrieval_samples(cfg.seed, n_ret, cfg.image_size, cfg.retrieval_captions), n_ret),
         ("compositional", compositional_samples(cfg.seed, n_comp, cfg.image_size), n_comp),
     )
     eval_shards: dict[str, int] = {}

@@ -29,6 +29,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     p.add_argument("--retrieval-samples", type=int, default=400, help="retrieval images")
     p.add_argument("--compositional-samples", type=int, default=400, help="compositional images")
+    p.add_argument("--retrieval-captions", type=int, default=0,
+                   help="captions per retrieval image, 1-8 (0: 2 or 3 per image, drawn)")
     p.add_argument(
         "--workers", type=int, default=None, help="processes for training shards (None: one per CPU)"
     )
@@ -48,6 +50,7 @@ def _run_synth_shapes(args: argparse.Namespace) -> int:
         zeroshot_per_class=args.zeroshot_per_class,
         retrieval_samples=args.retrieval_samples,
         compositional_samples=args.compositional_samples,
+        retrieval_captions=args.retrieval_captions,
     )
     try:
         cfg.validate()

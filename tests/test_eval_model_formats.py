@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 from vlp.config import config_to_yaml, load_config
 from vlp.export.open_clip_format import export_safetensors
 from vlp.models.dual_encoder import DualEncoder
-from vlp.models.external import (ModelMismatchError, check_model_consistency, detect_format, load_eval_model,
-                                 pretrained_tag_declarations, text_attention_mask)
+from vlp.models.consistency import ModelMismatchError, check_model_consistency, pretrained_tag_declarations
+from vlp.models.external import detect_format, load_eval_model
+from vlp.models.hf_clip import text_attention_mask
 from vlp.models.loading import load_eval_model as load_eval_model_reexport
 from vlp.models.loading import load_model
 from vlp.train.checkpoint import save_atomic

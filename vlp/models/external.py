@@ -18,18 +18,19 @@ that does not fit the text tower's context, vocabulary or end-of-text pooling) a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlp.models.consistency import (Declaration, ModelMismatchError, activation_notes, check_model_consistency,
+                                    finish_loading, name_declares_quick_gelu, pretrained_tag_declarations)
 from vlp.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -41,195 +42,6 @@ FORMATS = ("vlp (a run directory or checkpoint of ours, or a vlp safetensors exp
            "hf_clip (a transformers CLIP folder: config.json with model_type 'clip', weights, tokenizer, "
            "preprocessor_config.json)")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-PROBE_TEXTS = ("", "a photo of a cat.", "A PHOTO OF 2 DOGS, 3 birds & 1 zebra!?",
-               "naïve café déjà vu 東京 Ωμέγα 🙂👍 ~`|^{}[]<>", "zzzz qqqq xxxx " * 40)
-Declaration = Tuple[str, bool]  # (where it was read, quick_gelu)
-
-
-class ModelMismatchError(ValueError):
-    """A checkpoint and the model/tokenizer built to evaluate it disagree; ``.problems`` lists how."""
-
-    def __init__(self, spec: Any, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{spec}: the checkpoint does not match the model built to evaluate it:\n{lines}\n"
-                         "fix the model config / tokenizer, or pass allow_mismatch=True to evaluate anyway "
-                         "(the problems are then recorded with the results)")
-
-
-def _act(quick_gelu: bool) -> str:
-    return "QuickGELU" if quick_gelu else "GELU"
-
-
-# ---------------------------------------------------------------- tokenizer facts
-
-def tokenizer_vocab_size(tokenizer: Any) -> Optional[int]:
-    """The number of ids a tokenizer can emit, where it says (ours, open_clip's, transformers')."""
-    inner = getattr(tokenizer, "tokenizer", None)  # open_clip.tokenizer.HFTokenizer wraps one
-    if inner is not None and hasattr(inner, "__len__"):
-        return len(inner)
-    size = getattr(tokenizer, "vocab_size", None)
-    if isinstance(size, int):
-        return size
-    if hasattr(tokenizer, "encoder"):
-        return len(tokenizer.encoder)
-    return None
-
-
-def tokenizer_eot_id(tokenizer: Callable[[List[str]], torch.Tensor]) -> int:
-    """The tokenizer's end-of-text id: its attribute, else the token after the start of an empty text."""
-    for attr in ("eot_token_id", "eot_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            return value
-    return int(tokenizer([""])[0, 1])
-
-
-# ---------------------------------------------------------------- checks
-
-def check_model_consistency(
-    tokenizer: Optional[Callable[[List[str]], torch.Tensor]] = None,
-    *,
-    declared_activation: Sequence[Declaration] = (),
-    built_quick_gelu: Optional[bool] = None,
-    checkpoint_position_rows: Optional[int] = None,
-    model_position_rows: Optional[int] = None,
-    model_context_length: Optional[int] = None,
-    checkpoint_token_rows: Optional[int] = None,
-    model_token_rows: Optional[int] = None,
-    text_pool: str = "argmax",
-    pool_eos_id: Optional[int] = None,
-    probe_texts: Sequence[str] = PROBE_TEXTS,
-) -> List[str]:
-    """Problems (one line each) between a checkpoint and the model/tokenizer built to evaluate it.
-
-    - activation: every ``declared_activation`` (source, quick_gelu) must agree with each other and
-      with ``built_quick_gelu`` (same parameters either way, so nothing else would notice);
-    - context length: the checkpoint's text positional rows vs the built model's, and the width of
-      the tokenizer's output vs ``model_context_length``;
-    - vocabulary: the checkpoint's token-embedding rows vs the built model's, ids the tokenizer
-      emits beyond the table, a tokenizer vocabulary larger than the table, or a table much larger
-      (>10% + 128 rows) than the tokenizer's vocabulary;
-    - end-of-text pooling: with ``text_pool='argmax'`` (open_clip's default text tower, legacy HF
-      CLIP) the end-of-text id must be the largest id of every tokenized probe text; with
-      ``text_pool='eos'`` every probe must contain ``pool_eos_id``. Other pool types are not checked.
-    Arguments left None skip their check.
-    """
-    problems: List[str] = []
-    kinds = {q for _, q in declared_activation}
-    if len(kinds) > 1:
-        said = ", ".join(f"{src}: {_act(q)}" for src, q in declared_activation)
-        problems.append(f"activation: the checkpoint's declarations disagree ({said})")
-    if built_quick_gelu is not None:
-        for source, quick_gelu in declared_activation:
-            if quick_gelu != built_quick_gelu:
-                problems.append(f"activation: {source} declares {_act(quick_gelu)} but the model is built "
-                                f"with {_act(built_quick_gelu)}")
-    if None not in (checkpoint_position_rows, model_position_rows) and checkpoint_position_rows != model_position_rows:
-        problems.append(f"context length: the checkpoint's text positional embedding has {checkpoint_position_rows} "
-                        f"rows but the model config builds {model_position_rows} (open_clip would silently "
-                        "interpolate it)")
-    if None not in (checkpoint_token_rows, model_token_rows) and checkpoint_token_rows != model_token_rows:
-        problems.append(f"vocabulary: the checkpoint's token embedding has {checkpoint_token_rows} rows but the "
-                        f"model config builds {model_token_rows}")
-    if tokenizer is None:
-        return problems
-    tokens = tokenizer(list(probe_texts))
-    width = int(tokens.shape[1])
-    if model_context_length is not None and width != model_context_length:
-        problems.append(f"context length: the tokenizer emits {width} tokens per text but the text tower's "
-                        f"context length is {model_context_length}")
-    rows = checkpoint_token_rows if checkpoint_token_rows is not None else model_token_rows
-    vocab = tokenizer_vocab_size(tokenizer)
-    if rows is not None:
-        top = int(tokens.max())
-        if top >= rows:
-            problems.append(f"vocabulary: the tokenizer emits id {top}, beyond the token embedding's {rows} rows")
-        if vocab is not None and vocab > rows:
-            problems.append(f"vocabulary: the tokenizer has {vocab} ids but the token embedding only {rows} rows")
-        elif vocab is not None and rows > 1.1 * vocab + 128:
-            problems.append(f"vocabulary: the token embedding has {rows} rows, far more than the tokenizer's "
-                            f"{vocab} ids (a different tokenizer was trained with this checkpoint?)")
-    if text_pool == "argmax":
-        eot = tokenizer_eot_id(tokenizer)
-        for text, row in zip(probe_texts, tokens):
-            at_eot = (row == eot).nonzero()
-            if len(at_eot) == 0 or int(row.argmax()) != int(at_eot[0]):
-                problems.append(f"end-of-text pooling: the text tower pools at argmax(token id) but the tokenizer's "
-                                f"end-of-text id {eot} is not the largest id of {text[:30]!r} (max {int(row.max())}), "
-                                "so the wrong token is pooled")
-                break
-    elif text_pool == "eos" and pool_eos_id is not None:
-        eot = tokenizer_eot_id(tokenizer)
-        missing = [t for t, row in zip(probe_texts, tokens) if not bool((row == pool_eos_id).any())]
-        if eot != pool_eos_id or missing:
-            problems.append(f"end-of-text pooling: the text tower pools at the first id {pool_eos_id} but the "
-                            f"tokenizer's end-of-text id is {eot}" + (f" and {missing[0][:30]!r} has no id {pool_eos_id} "
-                            "(position 0 is pooled)" if missing else ""))
-    return problems
-
-
-def activation_notes(declared_activation: Sequence[Declaration], built_quick_gelu: Optional[bool]) -> List[str]:
-    """'activation: undeclared ...' when the checkpoint states no activation (a note, not an error)."""
-    if declared_activation or built_quick_gelu is None:
-        return []
-    return [f"activation: undeclared (the checkpoint states no activation; evaluating with {_act(built_quick_gelu)})"]
-
-
-def name_declares_quick_gelu(name: str) -> bool:
-    """Whether a file/model name says QuickGELU ('...-quickgelu', 'quick_gelu', 'quick-gelu')."""
-    flat = name.lower().replace("_", "").replace("-", "")
-    return "quickgelu" in flat and "noquickgelu" not in flat
-
-
-def pretrained_tag_declarations(path: Optional[Path], model_name: Optional[str],
-                                pretrained_tag: Optional[str]) -> List[Declaration]:
-    """QuickGELU declared by open_clip's pretrained-tag metadata (offline): for an explicit
-    ``model_name``/``pretrained_tag``, for a path inside an HF cache folder named after a tag's hub
-    repo, or for a file whose name and sha256 match an OpenAI download URL."""
-    from open_clip.pretrained import _PRETRAINED, get_pretrained_cfg
-
-    found: List[Declaration] = []
-    if model_name and pretrained_tag:
-        cfg = get_pretrained_cfg(model_name, pretrained_tag)
-        if cfg:
-            found.append((f"open_clip pretrained tag {model_name}/{pretrained_tag}", bool(cfg.get("quick_gelu", False))))
-    if path is None:
-        return found
-    parts = [p.lower() for p in path.resolve().parts]
-    for model, tags in _PRETRAINED.items():
-        for tag, cfg in tags.items():
-            repo = cfg.get("hf_hub", "").strip("/")
-            url = cfg.get("url", "")
-            base = repo.split("/")[-1].lower()
-            hit = bool(repo) and any(p == base or p.endswith("--" + base) for p in parts[:-1])  # HF cache: models--org--repo
-            if not hit and "openaipublic" in url and path.name == url.rsplit("/", 1)[-1] and path.is_file():
-                hit = _sha256(path) == url.split("/")[-2]
-            if hit:
-                found.append((f"open_clip pretrained tag {model}/{tag} (from the path)", bool(cfg.get("quick_gelu", False))))
-                return found
-    return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _finish(loaded: LoadedModel, spec: Any, problems: List[str], notes: List[str], allow_mismatch: bool) -> LoadedModel:
-    for note in notes:
-        log.info("%s: %s", spec, note)
-    if problems and not allow_mismatch:
-        raise ModelMismatchError(spec, problems)
-    for problem in problems:
-        log.warning("%s: evaluating despite mismatch: %s", spec, problem)
-    loaded.warnings = list(problems)
-    loaded.notes = list(notes)
-    return loaded
-
 
 # ---------------------------------------------------------------- format detection
 
@@ -321,7 +133,9 @@ def load_eval_model(spec: str | Path, device: str = "cpu", model_config: Optiona
     if kind == "vlp":
         return _load_vlp(path, device, quick_gelu, allow_mismatch)
     if kind == "hf_clip":
-        return _load_hf_clip(path, device, quick_gelu, allow_mismatch)
+        from vlp.models.hf_clip import load_hf_clip
+
+        return load_hf_clip(path, device, quick_gelu, allow_mismatch)
     return _load_open_clip(path, kind, device, model_config, quick_gelu, pretrained_tag, allow_mismatch)
 
 
@@ -362,7 +176,7 @@ def _load_vlp(path: Path, device: str, quick_gelu: Optional[bool], allow_mismatc
     text, _ = _open_clip_text(model.clip)
     problems = check_model_consistency(loaded.tokenizer, declared_activation=declared, built_quick_gelu=built,
                                        **_open_clip_text_facts(text))
-    return _finish(loaded, path, problems, activation_notes(declared, built), allow_mismatch)
+    return finish_loading(loaded, path, problems, activation_notes(declared, built), allow_mismatch)
 
 
 # ---------------------------------------------------------------- open_clip
@@ -507,7 +321,7 @@ def _load_open_clip(path: Path, kind: str, device: str, model_config: Any, quick
         raise ModelMismatchError(path, problems + [f"the weights cannot be loaded into the model config: {err}"]) from err
     loaded = LoadedModel(model=OpenCLIPEncoder(model.to(device).eval()), tokenizer=tokenizer,
                          image_transform=transform, name=str(weights))
-    return _finish(loaded, path, problems, notes, allow_mismatch)
+    return finish_loading(loaded, path, problems, notes, allow_mismatch)
 
 
 class _DropMessage(logging.Filter):
@@ -521,120 +335,3 @@ class _DropMessage(logging.Filter):
 
 def _rows(state: Mapping[str, torch.Tensor], key: str) -> Optional[int]:
     return int(state[key].shape[0]) if key in state else None
-
-
-# ---------------------------------------------------------------- transformers CLIP
-
-def text_attention_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 up to and including each row's first ``eos_id``, 0 after (padding may reuse the eos id)."""
-    is_eos = (ids == eos_id).long()
-    return ((is_eos.cumsum(-1) - is_eos) == 0).long()
-
-
-def _features(output: Any) -> torch.Tensor:
-    """transformers 5 returns an output object whose pooler_output holds the projected features."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-class HFCLIPEncoder(nn.Module):
-    """``transformers.CLIPModel`` behind encode_image / encode_text (projected, L2-normalised features);
-    encode_text builds the attention mask from the first end-of-text token of each row."""
-
-    def __init__(self, clip: nn.Module, eos_id: int) -> None:
-        super().__init__()
-        self.clip, self.eos_id = clip, int(eos_id)
-
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return F.normalize(_features(self.clip.get_image_features(pixel_values=image)), dim=-1)
-
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        mask = text_attention_mask(text, self.eos_id)
-        length = max(int(mask.sum(dim=1).max().item()), 1) if mask.numel() else text.shape[1]
-        text, mask = text[:, :length], mask[:, :length]  # exact: only padding after the longest text goes
-        return F.normalize(_features(self.clip.get_text_features(input_ids=text, attention_mask=mask)), dim=-1)
-
-
-class HFCLIPTokenizer:
-    """A transformers tokenizer as list[str] -> LongTensor [B, context_length], padded to the context."""
-
-    def __init__(self, tokenizer: Any, context_length: int) -> None:
-        self.tokenizer, self.context_length = tokenizer, int(context_length)
-        self.eot_id = int(tokenizer.eos_token_id)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    def __call__(self, texts: str | Sequence[str], context_length: Optional[int] = None) -> torch.Tensor:
-        texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
-        return self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt",
-                              max_length=int(context_length or self.context_length))["input_ids"].long()
-
-
-class _Rescale:
-    def __init__(self, factor: float) -> None:
-        self.factor = float(factor)
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.float() * self.factor
-
-
-def _to_rgb(image: Any) -> Any:
-    return image.convert("RGB")
-
-
-def hf_image_transform(cfg: Mapping[str, Any]) -> Callable:
-    """torchvision transform for a CLIPImageProcessor's preprocessor_config.json: RGB, resize (shortest
-    edge or height/width, its resample filter), centre crop, rescale, normalise."""
-    from torchvision import transforms as T
-
-    modes = {0: T.InterpolationMode.NEAREST, 1: T.InterpolationMode.LANCZOS, 2: T.InterpolationMode.BILINEAR,
-             3: T.InterpolationMode.BICUBIC, 4: T.InterpolationMode.BOX, 5: T.InterpolationMode.HAMMING}
-    steps: List[Callable] = [_to_rgb] if cfg.get("do_convert_rgb", True) else []
-    if cfg.get("do_resize", True):
-        size = cfg.get("size", {"shortest_edge": 224})
-        size = {"shortest_edge": size} if isinstance(size, int) else size
-        target = size["shortest_edge"] if "shortest_edge" in size else (size["height"], size["width"])
-        steps.append(T.Resize(target, interpolation=modes[int(cfg.get("resample", 3))]))
-    if cfg.get("do_center_crop", True):
-        crop = cfg.get("crop_size", {"height": 224, "width": 224})
-        steps.append(T.CenterCrop((crop, crop) if isinstance(crop, int) else (crop["height"], crop["width"])))
-    steps += [T.PILToTensor(), _Rescale(cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0)]
-    if cfg.get("do_normalize", True):
-        steps.append(T.Normalize(cfg.get("image_mean", (0.48145466, 0.4578275, 0.40821073)),
-                                 cfg.get("image_std", (0.26862954, 0.26130258, 0.27577711))))
-    return T.Compose(steps)
-
-
-def _load_hf_clip(path: Path, device: str, quick_gelu: Optional[bool], allow_mismatch: bool) -> LoadedModel:
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
-
-    preprocessor = path / "preprocessor_config.json"
-    if not preprocessor.is_file():
-        raise FileNotFoundError(f"{path}: transformers CLIP folder without {preprocessor.name}")
-    raw = json.loads((path / "config.json").read_text())
-    config = CLIPConfig.from_pretrained(str(path), local_files_only=True)
-    declared: List[Declaration] = []
-    for tower in ("text_config", "vision_config"):
-        act = raw.get(tower, {}).get("hidden_act")
-        if act is not None:
-            declared.append((f"config.json {tower}.hidden_act={act!r}", act == "quick_gelu"))
-        if quick_gelu is not None:
-            setattr(getattr(config, tower), "hidden_act", "quick_gelu" if quick_gelu else "gelu")
-    if name_declares_quick_gelu(path.name):
-        declared.append((f"the folder name {path.name!r}", True))
-    built_acts = {config.text_config.hidden_act, config.vision_config.hidden_act}
-    built = next(iter(built_acts)) == "quick_gelu" if len(built_acts) == 1 else None
-    model = CLIPModel.from_pretrained(str(path), config=config, local_files_only=True).eval()
-    hf_tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    positions = int(config.text_config.max_position_embeddings)
-    context = hf_tok.model_max_length if 0 < hf_tok.model_max_length < 1_000_000 else positions
-    tokenizer = HFCLIPTokenizer(hf_tok, context)
-    eos = config.text_config.eos_token_id
-    problems = check_model_consistency(
-        tokenizer, declared_activation=declared, built_quick_gelu=built, model_context_length=positions,
-        model_token_rows=int(model.text_model.embeddings.token_embedding.weight.shape[0]),
-        text_pool="argmax" if eos == 2 else "eos", pool_eos_id=eos)
-    loaded = LoadedModel(model=HFCLIPEncoder(model.to(device), tokenizer.eot_id), tokenizer=tokenizer,
-                         image_transform=hf_image_transform(json.loads(preprocessor.read_text())), name=str(path))
-    return _finish(loaded, path, problems, activation_notes(declared, built), allow_mismatch)
