@@ -302,6 +302,7 @@ def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[Dataset
                 emit(diagnostics_result(encoder.source.name, enc, png), "diagnostics", spec.name)
         else:
             for result in _compositional(encoder, spec, options):
+                result["model"] = encoder.source.name  # the spec, as every other task names it
                 emit(result, str(result["task"]), str(result["dataset"]))
     if main and results:
         from eval.report import build_csv, write_markdown_summary
