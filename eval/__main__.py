@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="COCO val2017 folder (default DIR/val2017 or DIR)")
     tasks["diagnostics"].add_argument("--histogram", default=None,
                                       help="similarity histogram PNG (default: the output path with .png)")
+    from eval.search import BACKENDS
+
+    for name in ("run", "retrieval"):
+        (run if name == "run" else tasks[name]).add_argument(
+            "--search", default="auto", choices=BACKENDS,
+            help="retrieval top-k: torch (exact), faiss-flat (exact), faiss-ivf (approximate); auto: torch up to "
+                 "100k gallery items, faiss-flat up to 1M, IVF beyond")
     builtin = sub.add_parser("builtin", help="all tasks on ROOT/{zeroshot,retrieval,compositional}")
     _add_common(builtin)
     builtin.add_argument("--root", required=True, help="folder holding zeroshot/, retrieval/, compositional/")
@@ -166,7 +173,8 @@ def _single_task(encoder: Any, args: argparse.Namespace) -> dict[str, Any]:
     task, kind = SINGLE[args.command]
     with tempfile.TemporaryDirectory() as scratch:
         results = run_tasks(encoder, [task], [DatasetSpec(kind, Path(args.dataset))], scratch,
-                            RunOptions(args.batch_size, args.num_workers, not args.no_progress, grid_queries=0))
+                            RunOptions(args.batch_size, args.num_workers, not args.no_progress, grid_queries=0,
+                                       search=getattr(args, "search", "auto")))
         result = results[0]
         if args.command == "diagnostics" and "histogram_png" in result:
             target = Path(args.histogram or Path(args.output).with_suffix(".png"))
@@ -187,7 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
         items = [i for chunk in args.datasets for i in chunk.split(",")]
         options = RunOptions(args.batch_size, args.num_workers, not args.no_progress,
-                             tuple(e.strip() for e in args.aro_exclude.split(",") if e.strip()), args.grid_queries)
+                             tuple(e.strip() for e in args.aro_exclude.split(",") if e.strip()), args.grid_queries,
+                             args.search)
         results = run_tasks(encoder, parse_tasks(args.tasks), parse_dataset_specs(items), args.output, options)
         return {f"{r['dataset']}/{r['task']}": r for r in results}
     if args.command == "builtin":

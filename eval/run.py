@@ -195,6 +195,7 @@ class RunOptions:
     progress: bool = True
     aro_exclude: tuple[str, ...] = ()
     grid_queries: int = GRID_QUERIES
+    search: str = "auto"  # retrieval top-k backend, see eval.search.resolve_backend
 
 
 def _compositional(encoder: Encoder, spec: DatasetSpec, options: RunOptions) -> list[dict[str, Any]]:
@@ -291,7 +292,7 @@ def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[Dataset
             dataset = open_dataset(spec)
             enc = encode_retrieval(encoder, dataset)
             if "retrieval" in wanted:
-                result = retrieval_result(encoder.source.name, enc)
+                result = retrieval_result(encoder.source.name, enc, backend=options.search)
                 if main:
                     png = _grid(encoder, dataset, enc, out / f"{spec.name}_retrieval_top5.png", options.grid_queries)
                     if png is not None:

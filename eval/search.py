@@ -35,6 +35,7 @@ from eval.metrics import RECALL_KS
 
 log = logging.getLogger(__name__)
 
+FLAT_THRESHOLD: int = 100_000  # "auto" uses faiss (exact, flat inner product) above this many gallery items
 IVF_THRESHOLD: int = 1_000_000  # "auto" uses IVF above this many gallery items
 BLOCK_SCORES: int = 1 << 26  # scores per block when chunk is None (256 MiB of float32)
 DEFAULT_NPROBE: int = 32
@@ -142,11 +143,14 @@ def topk_faiss(
 
 
 def resolve_backend(backend: str, gallery_size: int) -> str:
-    """``"auto"`` -> ``"faiss-ivf"`` above :data:`IVF_THRESHOLD` gallery items, else ``"torch"``."""
+    """``"auto"``: exact ``"torch"`` up to :data:`FLAT_THRESHOLD` gallery items, exact
+    ``"faiss-flat"`` up to :data:`IVF_THRESHOLD`, ``"faiss-ivf"`` above."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown search backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "faiss-ivf" if gallery_size > IVF_THRESHOLD else "torch"
+        if gallery_size > IVF_THRESHOLD:
+            return "faiss-ivf"
+        return "faiss-flat" if gallery_size > FLAT_THRESHOLD else "torch"
     return backend
 
 

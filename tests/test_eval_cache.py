@@ -289,3 +289,25 @@ def test_eval_run_rejects_unknown_task_and_missing_dataset(tmp_path: Path, capsy
     assert "unknown task(s) captioning" in capsys.readouterr().err
     assert main([*base, "--tasks", "zeroshot", "--datasets", f"classification:{tmp_path / 'nope'}"]) == 2
     assert "dataset not found" in capsys.readouterr().err
+
+
+def test_eval_run_faiss_and_torch_search_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from eval.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "vlp.models.external",
+                        types.SimpleNamespace(load_eval_model=lambda *a, **k: counting_loaded()))
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    data = _noise_folder(tmp_path / "noise")
+    metrics = {}
+    for backend in ("torch", "faiss-flat"):
+        out = tmp_path / backend
+        assert main(["run", "--model", str(ckpt), "--tasks", "retrieval", "--datasets", f"retrieval:{data}",
+                     "--output", str(out), "--search", backend, "--no-cache", "--no-progress", "--grid-queries", "0",
+                     "--device", "cpu"]) == 0
+        metrics[backend] = json.loads((out / "noise_zeroshot_retrieval.json").read_text())["metrics"]
+    assert metrics["torch"] == metrics["faiss-flat"]
+    assert metrics["torch"]["image_retrieval_recall@10"] > 0

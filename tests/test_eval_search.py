@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from eval.metrics import retrieval_recall
 from eval.search import (
+    FLAT_THRESHOLD,
     IVF_THRESHOLD,
     resolve_backend,
     retrieval_recall_from_topk,
@@ -121,7 +122,9 @@ def test_ivf_with_all_lists_probed_equals_flat() -> None:
 
 
 def test_backend_choice_and_errors() -> None:
-    assert resolve_backend("auto", IVF_THRESHOLD) == "torch"
+    assert resolve_backend("auto", FLAT_THRESHOLD) == "torch"
+    assert resolve_backend("auto", FLAT_THRESHOLD + 1) == "faiss-flat"
+    assert resolve_backend("auto", IVF_THRESHOLD) == "faiss-flat"
     assert resolve_backend("auto", IVF_THRESHOLD + 1) == "faiss-ivf"
     assert resolve_backend("faiss-flat", 10) == "faiss-flat"
     with pytest.raises(ValueError, match="choose one of auto, torch, faiss-flat, faiss-ivf"):
