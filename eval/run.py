@@ -255,6 +255,27 @@ def _probe_splits(spec: DatasetSpec) -> dict[str, Any]:
     return {split: ClassificationShards(spec.path, split=split) for split in splits}
 
 
+def plan_runs(tasks: Sequence[str], datasets: Sequence[DatasetSpec]) -> list[tuple[DatasetSpec, list[str], Any, Any]]:
+    """(spec, its tasks, its reader, its linear-probe splits) per dataset some task reads.
+
+    Opens every reader first, so a missing file or a dataset no task reads is reported before an
+    hour of encoding, not after.
+    """
+    plan = []
+    for spec in datasets:
+        wanted = [t for t in tasks if spec.kind in TASK_KINDS[t]]
+        if not wanted:
+            readers = ", ".join(t for t in TASKS if spec.kind in TASK_KINDS[t])
+            log.warning("no requested task reads %s dataset %s (%s would)", spec.kind, spec.path, readers)
+            continue
+        dataset = open_dataset(spec) if spec.kind in ("classification", "retrieval") else None
+        probe = _probe_splits(spec) if "linear_probe" in wanted else None
+        plan.append((spec, wanted, dataset, probe))
+    if not plan:
+        raise ValueError("none of the requested tasks reads any of the given datasets")
+    return plan
+
+
 def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[DatasetSpec], output_dir: str | os.PathLike[str],
               options: RunOptions | None = None) -> list[dict[str, Any]]:
     """Run ``tasks`` on the datasets they apply to; rank 0 writes DIR/<dataset>_<task>.json,
@@ -266,30 +287,27 @@ def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[Dataset
     options = options or RunOptions()
     out = Path(output_dir)
     main = encoder.runtime.is_main
+    plan = plan_runs(tasks, datasets)  # every dataset opened (and checked) before any work starts
     if main:
         out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
 
     def emit(result: dict[str, Any], task_name: str, dataset_name: str) -> None:
         result.setdefault("model_warnings", encoder.model_warnings())
+        result.setdefault("language", "en")  # CLIP_benchmark's result keys
         if main:
             result["path"] = str(write_result(out / f"{dataset_name}_{task_name}.json", result))
         results.append(result)
 
-    for spec in datasets:
-        wanted = [t for t in tasks if spec.kind in TASK_KINDS[t]]
-        if not wanted:
-            continue
+    for spec, wanted, dataset, probe_splits in plan:
         if spec.kind == "classification":
-            dataset = open_dataset(spec)
             if "zeroshot" in wanted:
                 emit(zeroshot_task(encoder, dataset), "zeroshot_classification", spec.name)
             if "linear_probe" in wanted:
                 from eval.linear_probe import linear_probe_task
 
-                emit(linear_probe_task(encoder, _probe_splits(spec)), "linear_probe", spec.name)
+                emit(linear_probe_task(encoder, probe_splits), "linear_probe", spec.name)
         elif spec.kind == "retrieval":
-            dataset = open_dataset(spec)
             enc = encode_retrieval(encoder, dataset)
             if "retrieval" in wanted:
                 result = retrieval_result(encoder.source.name, enc, backend=options.search)

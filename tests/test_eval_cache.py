@@ -289,6 +289,12 @@ def test_eval_run_rejects_unknown_task_and_missing_dataset(tmp_path: Path, capsy
     assert "unknown task(s) captioning" in capsys.readouterr().err
     assert main([*base, "--tasks", "zeroshot", "--datasets", f"classification:{tmp_path / 'nope'}"]) == 2
     assert "dataset not found" in capsys.readouterr().err
+    zs = make_zeroshot(tmp_path / "zs")  # a test split only
+    assert main([*base, "--tasks", "zeroshot,linear_probe", "--datasets", str(zs)]) == 2
+    assert "linear_probe needs" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work or output
+    assert main([*base, "--tasks", "retrieval", "--datasets", f"classification:{zs}"]) == 2
+    assert "none of the requested tasks reads" in capsys.readouterr().err
 
 
 def test_eval_run_faiss_and_torch_search_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
