@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--output", required=True, help="result JSON file to write")
     tasks["aro"].add_argument("--subset", required=True, choices=ARO_SUBSETS, help="which ARO set")
     tasks["aro"].add_argument("--exclude", default="", help="comma-separated relations/attribute pairs to leave out")
+    for parser_ in (tasks["aro"], run):
+        parser_.add_argument("--keep-symmetric", action="store_true",
+                             help="VG-Relation headline macro accuracy over all relations (default: without the "
+                                  "symmetric ones, as ARO publishes)")
     tasks["sugarcrepe"].add_argument("--subset", default=",".join(SUGARCREPE_SUBSETS),
                                      help="comma-separated subsets (default: all seven)")
     tasks["sugarcrepe"].add_argument("--image-root", default=None,
@@ -153,7 +157,8 @@ def _run_format_task(loaded: Any, args: argparse.Namespace, device: str) -> dict
         from eval.aro import evaluate_aro
 
         exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
-        return evaluate_aro(loaded, args.dataset, args.subset, exclude=exclude, **common)
+        return evaluate_aro(loaded, args.dataset, args.subset, exclude=exclude,
+                            symmetric_filter=not args.keep_symmetric, **common)
     if args.command == "sugarcrepe":
         from eval.sugarcrepe import evaluate_sugarcrepe
 
@@ -196,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         items = [i for chunk in args.datasets for i in chunk.split(",")]
         options = RunOptions(args.batch_size, args.num_workers, not args.no_progress,
                              tuple(e.strip() for e in args.aro_exclude.split(",") if e.strip()), args.grid_queries,
-                             args.search)
+                             args.search, aro_symmetric_filter=not args.keep_symmetric)
         results = run_tasks(encoder, parse_tasks(args.tasks), parse_dataset_specs(items), args.output, options)
         return {f"{r['dataset']}/{r['task']}": r for r in results}
     if args.command == "builtin":

@@ -196,6 +196,7 @@ class RunOptions:
     aro_exclude: tuple[str, ...] = ()
     grid_queries: int = GRID_QUERIES
     search: str = "auto"  # retrieval top-k backend, see eval.search.resolve_backend
+    aro_symmetric_filter: bool = True  # VG-Relation headline without symmetric relations, as published
 
 
 def _compositional(encoder: Encoder, spec: DatasetSpec, options: RunOptions) -> list[dict[str, Any]]:
@@ -209,7 +210,8 @@ def _compositional(encoder: Encoder, spec: DatasetSpec, options: RunOptions) -> 
         from eval.aro import ORDER_FILES, VG_FILES, evaluate_aro
 
         files = {**VG_FILES, **ORDER_FILES}
-        return [evaluate_aro(loaded, spec.path, subset, exclude=options.aro_exclude, **common)
+        return [evaluate_aro(loaded, spec.path, subset, exclude=options.aro_exclude,
+                             symmetric_filter=options.aro_symmetric_filter, **common)
                 for subset, name in files.items() if (spec.path / name).is_file()]
     if spec.kind == "sugarcrepe":
         from eval.sugarcrepe import SUBSETS, evaluate_sugarcrepe

@@ -182,7 +182,9 @@ def test_aro_vg_reader_crops_as_published(tmp_path: Path) -> None:
 def test_aro_vg_end_to_end(tmp_path: Path) -> None:
     root = make_aro_vg(tmp_path / "aro")
     result = evaluate_aro(fake_loaded(), root, "vg_relation", batch_size=2, progress=False)
-    assert result["metrics"] == pytest.approx({"macro_accuracy": 0.5, "micro_accuracy": 0.6})
+    assert result["metrics"] == pytest.approx({"macro_accuracy": 0.5, "macro_accuracy_all_relations": 0.5,
+                                               "micro_accuracy": 0.6})
+    assert result["symmetric_relations_left_out"] == []
     assert result["per_group"] == {"on": 1.0, "under": 0.0}
     assert result["count_per_group"] == {"on": 3, "under": 2}
     assert (result["num_samples"], result["skipped"], result["dataset"]) == (5, 2, "aro_vg_relation")
@@ -195,6 +197,22 @@ def test_aro_vg_end_to_end(tmp_path: Path) -> None:
         evaluate_aro(fake_loaded(), root, "vg_everything", progress=False)
     with pytest.raises(FileNotFoundError, match="coco_karpathy_test.json"):
         evaluate_aro(fake_loaded(), root, "coco_order", progress=False)
+
+
+def test_aro_vg_relation_headline_leaves_out_symmetric_relations(tmp_path: Path) -> None:
+    root = make_aro_vg(tmp_path / "aro")
+    items = json.loads((root / "visual_genome_relation.json").read_text())
+    for item in items:
+        if item.get("relation_name") == "under":
+            item["relation_name"] = "next to"  # in the published symmetric list
+    (root / "visual_genome_relation.json").write_text(json.dumps(items))
+    result = evaluate_aro(fake_loaded(), root, "vg_relation", progress=False)
+    assert result["per_group"] == {"on": 1.0, "next to": 0.0}
+    assert result["metrics"] == pytest.approx({"macro_accuracy": 1.0, "macro_accuracy_all_relations": 0.5,
+                                               "micro_accuracy": 0.6})
+    assert result["symmetric_relations_left_out"] == ["next to"]
+    kept = evaluate_aro(fake_loaded(), root, "vg_relation", progress=False, symmetric_filter=False)
+    assert kept["metrics"]["macro_accuracy"] == pytest.approx(0.5) and kept["symmetric_relations_left_out"] == []
 
 
 def test_aro_order_end_to_end(tmp_path: Path) -> None:
