@@ -10,6 +10,8 @@ from PIL import Image
 
 from vlp.data.pipeline import build_train_loader
 from vlp.data.shards import count_samples, expand_shards
+import itertools
+
 from vlp.data.sources import EpochShardStream
 from vlp.data.tokenizers import build_tokenizer
 from vlp.data.transforms import eval_transform
@@ -143,3 +145,27 @@ def test_bombs_empty_files_and_transform_errors_are_counted(tmp_path):
     (batch,) = list(loader)
     assert batch["key"] == ["ok1", "ok2"]
     assert batch["skipped"] == {"image_too_large": 1, "image_unreadable": 1, "sample_error:RuntimeError": 1}
+
+
+def test_a_resumed_stream_starts_at_its_epoch():
+    from vlp.data.shards import ShardSource
+    from vlp.data.sources import ResampledShardStream
+    from vlp.train.engine import resume_epoch
+
+    urls = [f"s{i}" for i in range(6)]
+    fresh = iter(EpochShardStream(urls, seed=3, rank=0, world_size=1))
+    first_three_epochs = [next(fresh) for _ in range(18)]
+    resumed = iter(EpochShardStream(urls, seed=3, rank=0, world_size=1, start_epoch=2))
+    assert [next(resumed) for _ in range(6)] == first_three_epochs[12:]  # epoch 2, same permutation
+    bounded = list(EpochShardStream(urls, seed=3, epochs=1, start_epoch=2))
+    assert bounded == first_three_epochs[12:]
+
+    source = [ShardSource(urls=urls, weight=1.0)]
+    draws = lambda start: [d["url"] for d in itertools.islice(iter(ResampledShardStream(source, 5, 0, start)), 50)]
+    assert draws(0) == draws(0) and draws(640) == draws(640) and draws(640) != draws(0)
+    first = next(iter(ResampledShardStream(source, 5, 0, 640)))
+    assert first["epoch"] == 640  # captions keep varying after a resume
+
+    assert resume_epoch(1000, 256, resampled=False) == 3
+    assert resume_epoch(1000, None, resampled=True) == 1000
+    assert resume_epoch(1000, None, resampled=False) == 0

@@ -65,11 +65,16 @@ def test_resume_continues_from_the_newest_checkpoint(shapes_dir, tmp_path, cli_e
     _train(shapes_dir, tmp_path, "res", ["train.steps=10", "eval.at_end=false"], cli_env)
     first = torch.load(tmp_path / "res/checkpoints/final.pt", weights_only=True)
     assert first["step"] == 10
-    proc = _train(shapes_dir, tmp_path, "res", ["train.steps=15", "eval.at_end=false"], cli_env)
+    assert first["samples_seen"] == 10 * 16
+    proc = _train(shapes_dir, tmp_path, "res", ["train.steps=20", "eval.at_end=false"], cli_env)
     assert "resumed from" in proc.stdout and "at step 10" in proc.stdout
+    assert "data from epoch 0 (160 samples seen)" in proc.stdout  # 256 samples an epoch
     steps = [json.loads(line)["step"] for line in (tmp_path / "res/metrics.jsonl").read_text().splitlines()]
-    assert steps == [5, 10, 15]
-    assert torch.load(tmp_path / "res/checkpoints/final.pt", weights_only=True)["step"] == 15
+    assert steps == [5, 10, 15, 20]
+    final = torch.load(tmp_path / "res/checkpoints/final.pt", weights_only=True)
+    assert final["step"] == 20 and final["samples_seen"] == 20 * 16
+    proc = _train(shapes_dir, tmp_path, "res", ["train.steps=22", "eval.at_end=false"], cli_env)
+    assert "data from epoch 1 (320 samples seen)" in proc.stdout  # past the first epoch: its next one
 
 
 def test_bad_config_stops_before_work(tmp_path, cli_env):

@@ -152,19 +152,22 @@ def build_train_loader(shards: ShardsArg, batch_size: int, transform: ImageTrans
                        caption_key: str = "txt", resampled: bool = False, epochs: Optional[int] = None,
                        num_negatives: int = 0, draft: bool = True, image_views: int = 1,
                        text_views: int = 1, uint8_images: bool = True,
-                       pin_memory: Optional[bool] = None) -> torch.utils.data.DataLoader:
+                       pin_memory: Optional[bool] = None, start_epoch: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader of this rank's training batches (already collated in the workers). ``shards`` is a
     spec string or a list of {shards, weight} sources. Endless unless ``epochs`` is given (epoch mode
     only), in which case the last batch may be partial. ``uint8_images``: with ``TrainTransform``, images
     come as uint8 pixels for the consumer to normalise (see the module doc). ``pin_memory`` (default:
-    when CUDA is available) pins batches for asynchronous host-to-device copies."""
+    when CUDA is available) pins batches for asynchronous host-to-device copies. ``start_epoch``: where a
+    resumed run picks the stream up (epoch mode: that epoch's shard permutation, from its start;
+    resampled mode: a fresh draw sequence)."""
     if resampled and epochs is not None:
         raise ValueError("epochs= bounds epoch mode; a resampled stream is endless")
     sources = resolve_sources(shards)
     check_readers(sources, resampled, world_size, workers)
     skips = SkipCounter()
     stages: List[Any] = [
-        shard_stream(sources, resampled=resampled, seed=seed, rank=rank, world_size=world_size, epochs=epochs),
+        shard_stream(sources, resampled=resampled, seed=seed, rank=rank, world_size=world_size, epochs=epochs,
+                     start_epoch=start_epoch),
         functools.partial(read_samples, handler=skips.handler),  # picklable, for spawned workers too
     ]
     if shuffle_buffer > 0:
@@ -182,13 +185,13 @@ def build_train_loader(shards: ShardsArg, batch_size: int, transform: ImageTrans
 
 
 def loader_from_config(data, batch_size: int, transform: ImageTransform, tokenizer: Tokenizer, *,
-                       seed: int, rank: int, world_size: int) -> torch.utils.data.DataLoader:
+                       seed: int, rank: int, world_size: int, start_epoch: int = 0) -> torch.utils.data.DataLoader:
     """``build_train_loader`` with the knobs of a ``DataConfig``."""
     return build_train_loader(train_sources(data), batch_size, transform, tokenizer, workers=data.workers,
                               shuffle_buffer=data.shuffle_buffer, seed=seed, rank=rank, world_size=world_size,
                               image_keys=data.image_keys, caption_key=data.caption_key, resampled=data.resampled,
                               num_negatives=data.num_negatives, draft=data.jpeg_draft,
-                              image_views=data.image_views, text_views=data.text_views)
+                              image_views=data.image_views, text_views=data.text_views, start_epoch=start_epoch)
 
 
 def train_sources(data) -> ShardsArg:

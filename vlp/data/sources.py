@@ -33,13 +33,15 @@ class EpochShardStream(torch.utils.data.IterableDataset):
     """{"url", "epoch"} dicts: per-epoch shuffled shards of this rank and worker."""
 
     def __init__(self, urls: Sequence[str], seed: int, rank: int = 0, world_size: int = 1,
-                 epochs: Optional[int] = None) -> None:
+                 epochs: Optional[int] = None, start_epoch: int = 0) -> None:
         super().__init__()
         self.urls, self.seed, self.rank, self.world_size, self.epochs = list(urls), seed, rank, world_size, epochs
+        self.start_epoch = start_epoch  # a resumed run continues with this epoch's permutation
 
     def __iter__(self) -> Iterator[Dict[str, object]]:
         worker, num_workers = worker_info()
-        for epoch in itertools.count() if self.epochs is None else range(self.epochs):
+        first = self.start_epoch
+        for epoch in itertools.count(first) if self.epochs is None else range(first, first + self.epochs):
             order = list(self.urls)
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
             mine = order[self.rank::self.world_size][worker::num_workers]
@@ -53,18 +55,20 @@ class ResampledShardStream(torch.utils.data.IterableDataset):
     """Endless {"url", "epoch"} dicts drawn with replacement: a source by weight, then one of its shards.
     "epoch" counts passes' worth of draws (draws // shards) so captions still vary per pass."""
 
-    def __init__(self, sources: Sequence[ShardSource], seed: int, rank: int = 0) -> None:
+    def __init__(self, sources: Sequence[ShardSource], seed: int, rank: int = 0, start_epoch: int = 0) -> None:
         super().__init__()
-        self.sources, self.seed, self.rank = list(sources), seed, rank
+        self.sources, self.seed, self.rank, self.start_epoch = list(sources), seed, rank, start_epoch
 
     def __iter__(self) -> Iterator[Dict[str, object]]:
         worker, _ = worker_info()
-        rng = random.Random(f"{self.seed}/{self.rank}/{worker}")
+        # a resumed run (start_epoch > 0) draws a fresh sequence instead of replaying the first one
+        key = f"{self.seed}/{self.rank}/{worker}" + (f"/{self.start_epoch}" if self.start_epoch else "")
+        rng = random.Random(key)
         weights = [s.weight for s in self.sources]
         total = sum(len(s.urls) for s in self.sources)
         for draw in itertools.count():
             source = rng.choices(self.sources, weights=weights)[0] if len(self.sources) > 1 else self.sources[0]
-            yield {"url": rng.choice(source.urls), "epoch": draw // total}
+            yield {"url": rng.choice(source.urls), "epoch": self.start_epoch + draw // total}
 
 
 def read_samples(shards: Iterator[Dict[str, object]], handler) -> Iterator[Dict[str, object]]:
@@ -84,9 +88,9 @@ def read_samples(shards: Iterator[Dict[str, object]], handler) -> Iterator[Dict[
 
 
 def shard_stream(sources: List[ShardSource], *, resampled: bool, seed: int, rank: int, world_size: int,
-                 epochs: Optional[int]) -> torch.utils.data.IterableDataset:
-    """The shard stream of this rank for ``sources`` in the chosen mode."""
+                 epochs: Optional[int], start_epoch: int = 0) -> torch.utils.data.IterableDataset:
+    """The shard stream of this rank for ``sources`` in the chosen mode, from ``start_epoch``."""
     if resampled:
-        return ResampledShardStream(sources, seed=seed, rank=rank)
+        return ResampledShardStream(sources, seed=seed, rank=rank, start_epoch=start_epoch)
     urls = [u for s in sources for u in s.urls]
-    return EpochShardStream(urls, seed=seed, rank=rank, world_size=world_size, epochs=epochs)
+    return EpochShardStream(urls, seed=seed, rank=rank, world_size=world_size, epochs=epochs, start_epoch=start_epoch)

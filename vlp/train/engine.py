@@ -41,12 +41,28 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def _save(accelerator: Accelerator, path: Path, model, optimizer, scheduler, step: int, cfg: Config) -> None:
+def _save(accelerator: Accelerator, path: Path, model, optimizer, scheduler, step: int, cfg: Config,
+          samples_seen: int) -> None:
     if accelerator.is_main_process:
         state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "config": config_to_yaml(cfg)}
+                 "scheduler": scheduler.state_dict(), "step": step, "config": config_to_yaml(cfg),
+                 "samples_seen": samples_seen}
         save_atomic(state, path)
     accelerator.wait_for_everyone()
+
+
+def resume_epoch(samples_seen: int, samples_per_epoch: Optional[int], resampled: bool) -> int:
+    """The data epoch a resumed run starts: the one the checkpoint was in (epoch mode: its shard
+    permutation from the start, as open_clip resumes), or, with no known epoch size, epoch 0 in
+    epoch mode (warned) and a fresh draw sequence numbered by the samples seen in resampled mode."""
+    if samples_per_epoch:
+        return samples_seen // samples_per_epoch
+    if resampled:
+        return samples_seen
+    if samples_seen:
+        log.warning("epoch size unknown (no sizes.json and no data.num_samples): the resumed run reads the data "
+                    "from the start of epoch 0 again")
+    return 0
 
 
 def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
@@ -80,7 +96,8 @@ def train(cfg: Config) -> Path:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.optim)
 
-    start_step = 0
+    global_batch = cfg.train.batch_size * accelerator.num_processes
+    start_step, samples_seen = 0, 0
     resume_from = newest_for_resume(run.checkpoints) if cfg.train.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from)
@@ -88,11 +105,16 @@ def train(cfg: Config) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step = int(state["step"])
-        accelerator.print(f"resumed from {resume_from} at step {start_step}")
+        samples_seen = int(state.get("samples_seen", start_step * global_batch))
+        start_epoch = resume_epoch(samples_seen, samples_per_epoch, cfg.data.resampled)
+        loader = loader_from_config(cfg.data, cfg.train.batch_size, transform, tokenizer, seed=cfg.train.seed,
+                                    rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                    start_epoch=start_epoch)
+        accelerator.print(f"resumed from {resume_from} at step {start_step}; data from epoch {start_epoch} "
+                          f"({samples_seen} samples seen)")
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
-    global_batch = cfg.train.batch_size * accelerator.num_processes
     accelerator.print(f"run dir {run.root} | {accelerator.num_processes} process(es) on {accelerator.device} | "
                       f"{count_parameters(unwrapped)['total'] / 1e6:.1f}M parameters | global batch {global_batch}"
                       + (f" | {samples_per_epoch} samples/epoch" if samples_per_epoch else ""))
@@ -107,6 +129,7 @@ def train(cfg: Config) -> Path:
     step = start_step  # optimizer updates done; a skipped (non-finite) batch does not count
     while step < cfg.train.steps:
         batch = next(batches)
+        samples_seen += global_batch  # consumed, whether or not the step is kept
         skipped.update(batch["skipped"])
         inputs = {k: batch[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
         for k in IMAGE_INPUTS:
@@ -152,13 +175,14 @@ def train(cfg: Config) -> Path:
                 run.log_metrics(record)
             window_start, window_samples = time.perf_counter(), 0
         if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
-            _save(accelerator, run.checkpoints / f"step-{done:08d}.pt", model, optimizer, scheduler, done, cfg)
+            _save(accelerator, run.checkpoints / f"step-{done:08d}.pt", model, optimizer, scheduler, done, cfg,
+                  samples_seen)
             if accelerator.is_main_process:
                 prune_step_checkpoints(run.checkpoints, cfg.train.keep_checkpoints)
     progress.close()
 
     all_skipped = _sum_over_ranks(skipped.totals)
-    _save(accelerator, run.checkpoints / FINAL_NAME, model, optimizer, scheduler, cfg.train.steps, cfg)
+    _save(accelerator, run.checkpoints / FINAL_NAME, model, optimizer, scheduler, cfg.train.steps, cfg, samples_seen)
     if accelerator.is_main_process:
         run.save_json("train_summary.json", {"steps": cfg.train.steps, "global_batch": global_batch,
                                              "skipped_samples": all_skipped, "nonfinite_steps": nonfinite_total})
