@@ -37,7 +37,6 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -85,18 +84,12 @@ def make_shards(out: Path, samples: int, shard_size: int, width: int, height: in
 
 def ensure_anchor_env() -> Path:
     """The anchor environment's python (created on first use, reused after)."""
-    python = ANCHOR_ENV / "bin" / "python"
-    check = "import webdataset, pandas, open_clip_train.data; assert webdataset.__version__ <= '0.2.86', webdataset.__version__"
-    if python.exists() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
-        return python
-    print(f"creating the anchor environment {ANCHOR_ENV} ...", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(ANCHOR_ENV)], check=True)
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    Path(purelib, "zz_vlp_main_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "webdataset<=0.2.86", "pandas"], check=True)
-    subprocess.run([str(python), "-c", check], check=True)
-    return python
+    sys.path.insert(0, str(Path(__file__).parent))
+    from anchor_env import ensure_env
+
+    check = ("import webdataset, pandas, open_clip_train.data; "
+             "assert webdataset.__version__ <= '0.2.86', webdataset.__version__")
+    return ensure_env(ANCHOR_ENV.name, check, packages=["webdataset<=0.2.86", "pandas"])
 
 
 def _tokenizer():
