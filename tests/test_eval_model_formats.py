@@ -366,3 +366,19 @@ def test_eot_pooling_of_hf_clip(tmp_path):
     # eos pooling at an id the tokenizer never emits pools position 0
     with pytest.raises(ModelMismatchError, match="pools at the first id 7"):
         load_eval_model(_hf_clip_dir(tmp_path / "bad-eos", eos_token_id=7))
+
+
+def test_skip_parameter_init_is_scoped() -> None:
+    from torch import nn
+
+    from vlp.models.external import skip_parameter_init
+
+    before = nn.init.normal_
+    weight = torch.zeros(3, 3)
+    with pytest.raises(RuntimeError):
+        with skip_parameter_init():
+            assert nn.init.normal_(weight) is weight and torch.count_nonzero(weight) == 0  # a no-op inside
+            raise RuntimeError("boom")
+    assert nn.init.normal_ is before
+    nn.init.normal_(weight)
+    assert torch.count_nonzero(weight) == 9
