@@ -24,6 +24,7 @@ class RetrievalEmbeddings(NamedTuple):
     texts: torch.Tensor
     text_to_image: torch.Tensor
     skipped: int
+    records: tuple = ()  # the encoded records (image None), row i of ``images`` is records[i]
 
 
 def encode_retrieval(encoder: Encoder, dataset: Any, desc: str = "retrieval") -> RetrievalEmbeddings:
@@ -35,7 +36,7 @@ def encode_retrieval(encoder: Encoder, dataset: Any, desc: str = "retrieval") ->
     text_to_image = [i for i, r in enumerate(images.records) for _ in r.captions]
     image_emb = images.embeddings if len(images.records) else torch.zeros(0, 1)
     return RetrievalEmbeddings(dataset.name, image_emb, texts, torch.tensor(text_to_image, dtype=torch.long),
-                               images.skipped)
+                               images.skipped, tuple(images.records))
 
 
 def _encoder_for(loaded: EvalModel, batch_size: int, device: Any, num_workers: int, progress: bool) -> Encoder:

@@ -229,7 +229,7 @@ def _grid(encoder: Encoder, dataset: Any, enc: Any, out_png: Path, queries: int)
 
     if queries <= 0 or enc.texts.shape[0] == 0:
         return None
-    records = encoder.images(dataset).records  # the encoded records, in embedding order (cached)
+    records = enc.records  # row i of enc.images
     captions = [c for r in records for c in r.captions]
     picks = list(range(0, len(captions), max(1, len(captions) // queries)))[:queries]
     top = (enc.texts[picks] @ enc.images.T).topk(min(5, enc.images.shape[0]), dim=1).indices.tolist()

@@ -317,3 +317,25 @@ def test_eval_run_faiss_and_torch_search_agree(tmp_path: Path, monkeypatch: pyte
         metrics[backend] = json.loads((out / "noise_zeroshot_retrieval.json").read_text())["metrics"]
     assert metrics["torch"] == metrics["faiss-flat"]
     assert metrics["torch"]["image_retrieval_recall@10"] > 0
+
+
+def test_eval_run_without_cache_encodes_each_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from eval.__main__ import main
+
+    made = []
+
+    def load_eval_model(*args, **kwargs):
+        made.append(counting_loaded())
+        return made[-1]
+
+    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    data = make_dual_folder(tmp_path / "dual")
+    assert main(["run", "--model", str(ckpt), "--tasks", "retrieval,diagnostics", "--datasets", f"retrieval:{data}",
+                 "--output", str(tmp_path / "out"), "--no-cache", "--no-progress", "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "dual_retrieval_top5.png").is_file()
+    assert len(made) == 1 and made[0].model.images == 3 and made[0].model.texts == 5  # grid and diagnostics reuse them
