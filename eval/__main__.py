@@ -203,7 +203,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                              tuple(e.strip() for e in args.aro_exclude.split(",") if e.strip()), args.grid_queries,
                              args.search, aro_symmetric_filter=not args.keep_symmetric)
         results = run_tasks(encoder, parse_tasks(args.tasks), parse_dataset_specs(items), args.output, options)
-        return {f"{r['dataset']}/{r['task']}": r for r in results}
+        labelled: dict[str, dict[str, Any]] = {}
+        for r in results:  # two datasets of one name stay two entries
+            label = f"{r['dataset']}/{r['task']}"
+            labelled[label if label not in labelled else f"{label}#{len(labelled)}"] = r
+        return labelled
     if args.command == "builtin":
         from eval.suite import evaluate_builtin
 

@@ -30,7 +30,7 @@ from vlp.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"  # bump when the layout or an encoding rule changes
+CACHE_VERSION = "2"  # bump when the layout or an encoding rule changes
 _READ_BLOCK = 1 << 22
 
 

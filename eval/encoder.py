@@ -151,51 +151,64 @@ class Encoder:
 
     # ------------------------------------------------------------------ images
     def images(self, dataset: EvalDataset, desc: str = "") -> EncodedImages:
-        """Embeddings of the images of every good record of ``dataset``, in dataset order."""
+        """Embeddings of the images of every good record of ``dataset``, in dataset order.
+
+        Cache rows are keyed by :func:`sample_id` (position and key), so samples that share a key
+        (e.g. shards whose keys restart) never share an embedding. Rank 0 reads the cache entry and
+        every rank uses its copy, so ranks agree even when their caches differ.
+        """
         meta = self.records(dataset)
         key = digest_bytes("images", self.model_key(), self.content_digest(dataset))
-        entry = self.cache.load(key) or {"keys": [], "embeddings": torch.zeros(0, 0), "failed": {}}
-        row_of = {k: i for i, k in enumerate(entry["keys"])}
-        missing = [r.key for r in meta.records if r.key not in row_of and r.key not in entry["failed"]]
-        missing = self.runtime.gather(missing)[0]  # rank 0 decides, so every rank agrees
+        main_entry = self.cache.load(key) if self.runtime.is_main else None
+        entry = self.runtime.from_main(main_entry) or {"ids": [], "embeddings": torch.zeros(0, 0), "failed": {}}
+        row_of = {k: i for i, k in enumerate(entry["ids"])}
+        missing = [r for r in meta.records if sample_id(r) not in row_of and sample_id(r) not in entry["failed"]]
         if missing:
-            keys, emb, failed = self._encode_images(dataset, set(missing), desc or f"images {dataset.name}")
+            ids, emb, failed = self._encode_images(dataset, missing, desc or f"images {dataset.name}")
             old = entry["embeddings"]
-            entry = {"keys": list(entry["keys"]) + keys,
-                     "embeddings": torch.cat([old, emb]) if old.numel() else emb,
-                     "failed": {**entry["failed"], **failed}}
-            row_of = {k: i for i, k in enumerate(entry["keys"])}
+            if not old.numel():
+                merged = emb
+            else:
+                merged = torch.cat([old, emb]) if emb.numel() else old
+            entry = {"ids": list(entry["ids"]) + ids, "embeddings": merged, "failed": {**entry["failed"], **failed}}
+            row_of = {k: i for i, k in enumerate(entry["ids"])}
             if self.runtime.is_main:
                 self.cache.save(key, entry)
-        good = [r for r in meta.records if r.key in row_of]
-        bad = [Skipped(r.key, entry["failed"][r.key], r.index) for r in meta.records if r.key not in row_of]
-        rows = torch.tensor([row_of[r.key] for r in good], dtype=torch.long)
+        good = [r for r in meta.records if sample_id(r) in row_of]
+        bad = [Skipped(r.key, entry["failed"][sample_id(r)], r.index) for r in meta.records
+               if sample_id(r) not in row_of]
+        rows = torch.tensor([row_of[sample_id(r)] for r in good], dtype=torch.long)
         emb = entry["embeddings"][rows] if len(good) else torch.zeros(0, 0)
         skipped = meta.skipped + bad
         return EncodedImages(dataset.name, good, emb, len(skipped), skipped)
 
-    def _encode_images(self, dataset: EvalDataset, wanted: set[str], desc: str
+    def _encode_images(self, dataset: EvalDataset, records: list[Any], desc: str
                        ) -> tuple[list[str], torch.Tensor, dict[str, str]]:
-        """Encode the images of ``wanted`` keys, this rank's part, gathered from all ranks."""
+        """Encode the images of ``records`` (the same list on every rank), this rank's part,
+        gathered from all ranks: (sample ids, embeddings, {sample id: reason} of failures)."""
         from tqdm import tqdm
 
         loaded = self.loaded
+        wanted = {sample_id(r) for r in records}
+        state = (dataset.transform, dataset.decode_images)
         dataset.transform = loaded.image_transform
-        dataset.decode_images, dataset.only_keys = True, wanted
+        dataset.decode_images, dataset.only_keys = True, {r.key for r in records}
         dataset.partition(self.runtime.rank, self.runtime.world)
         indexed: list[tuple[int, str, torch.Tensor]] = []
         failed: dict[str, str] = {}
         try:
-            with eval_mode(loaded.model), tqdm(total=len(wanted), desc=desc, unit="img",
+            with eval_mode(loaded.model), tqdm(total=len(records), desc=desc, unit="img",
                                                disable=not (self.options.progress and self.runtime.is_main)) as bar:
                 for items in batches(dataset, self.options.batch_size, self.options.num_workers):
-                    records, skipped = split_skipped(items)
-                    failed.update({s.key: s.reason for s in skipped if s.key in wanted})
-                    if records:
-                        emb = encode_image_batch(loaded.model, [r.image for r in records], self.device)
-                        indexed += [(r.index, r.key, e) for r, e in zip(records, emb)]
+                    good, skipped = split_skipped(items)
+                    failed.update({sample_id(s): s.reason for s in skipped if sample_id(s) in wanted})
+                    good = [r for r in good if sample_id(r) in wanted]
+                    if good:
+                        emb = encode_image_batch(loaded.model, [r.image for r in good], self.device)
+                        indexed += [(r.index, sample_id(r), e) for r, e in zip(good, emb)]
                     bar.update(len(items) * self.runtime.world)
         finally:
+            dataset.transform, dataset.decode_images = state
             dataset.only_keys = None
             dataset.partition(0, 1)
         self.images_encoded += len(indexed)  # this rank's share
@@ -211,7 +224,7 @@ class Encoder:
         """[N, D] L2-normalised embeddings of ``texts`` (cached per model and exact strings)."""
         texts = list(texts)
         key = digest_bytes("texts", self.model_key(), digest_bytes(*texts))
-        cached = self.cache.load(key)
+        cached = self.runtime.from_main(self.cache.load(key) if self.runtime.is_main else None)
         if cached is not None:
             return cached["embeddings"]
         loaded = self.loaded
@@ -226,6 +239,12 @@ class Encoder:
         if self.runtime.is_main:
             self.cache.save(key, {"embeddings": emb})
         return emb
+
+
+def sample_id(item: Any) -> str:
+    """A record's (or Skipped marker's) identity in a dataset: position and key, unique even when
+    keys repeat (shards whose keys restart)."""
+    return f"{item.index}/{item.key}"
 
 
 def _record_type_name(records: list[Any]) -> str:

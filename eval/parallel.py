@@ -36,6 +36,11 @@ class EvalRuntime:
         dist.all_gather_object(gathered, obj)
         return gathered
 
+    def from_main(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pass None elsewhere): decisions such as a cache hit
+        are made once, so every rank takes the same branch before the next collective."""
+        return obj if self.world == 1 else self.gather(obj)[0]
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist

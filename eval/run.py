@@ -233,14 +233,18 @@ def _grid(encoder: Encoder, dataset: Any, enc: Any, out_png: Path, queries: int)
     captions = [c for r in records for c in r.captions]
     picks = list(range(0, len(captions), max(1, len(captions) // queries)))[:queries]
     top = (enc.texts[picks] @ enc.images.T).topk(min(5, enc.images.shape[0]), dim=1).indices.tolist()
+    from eval.encoder import sample_id
+
+    state = (dataset.transform, dataset.decode_images)
     dataset.transform, dataset.decode_images = None, True
     dataset.only_keys = {records[i].key for row in top for i in row}
     dataset.partition(0, 1)
     try:
-        pil = {r.key: r.image for r in dataset if hasattr(r, "image")}
+        pil = {sample_id(r): r.image for r in dataset if hasattr(r, "image")}
     finally:
+        dataset.transform, dataset.decode_images = state
         dataset.only_keys = None
-    rows = [[pil.get(records[i].key) for i in row] for row in top]
+    rows = [[pil.get(sample_id(records[i])) for i in row] for row in top]
     truth = [int(enc.text_to_image[p]) for p in picks]
     correct = [row.index(t) if t in row else None for row, t in zip(top, truth)]
     return retrieval_grid_png([captions[p] for p in picks], rows, out_png, k=5, correct=correct)
@@ -255,6 +259,24 @@ def _probe_splits(spec: DatasetSpec) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"linear_probe needs {spec.path}/train and /test shards (missing: {', '.join(missing)})")
     return {split: ClassificationShards(spec.path, split=split) for split in splits}
+
+
+def output_names(specs: Sequence[DatasetSpec]) -> dict[DatasetSpec, str]:
+    """A distinct file-name stem per dataset: its name, prefixed by its parent folder's name (then
+    a number) when two datasets share a name, so no result overwrites another."""
+    names: dict[DatasetSpec, str] = {}
+    taken: set[tuple[str, str]] = set()
+    # datasets of different kinds write different task names, so only a name shared within a kind clashes
+    clashing = {(s.kind, s.name) for s in specs if sum((o.kind, o.name) == (s.kind, s.name) for o in specs) > 1}
+    for spec in specs:
+        clash = (spec.kind, spec.name) in clashing
+        name = f"{spec.path.resolve().parent.name}-{spec.name}" if clash else spec.name
+        base, n = name, 2
+        while (spec.kind, name) in taken:
+            name, n = f"{base}-{n}", n + 1
+        names[spec] = name
+        taken.add((spec.kind, name))
+    return names
 
 
 def plan_runs(tasks: Sequence[str], datasets: Sequence[DatasetSpec]) -> list[tuple[DatasetSpec, list[str], Any, Any]]:
@@ -301,26 +323,28 @@ def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[Dataset
             result["path"] = str(write_result(out / f"{dataset_name}_{task_name}.json", result))
         results.append(result)
 
+    names = output_names([spec for spec, *_ in plan])
     for spec, wanted, dataset, probe_splits in plan:
+        name = names[spec]
         if spec.kind == "classification":
             if "zeroshot" in wanted:
-                emit(zeroshot_task(encoder, dataset), "zeroshot_classification", spec.name)
+                emit(zeroshot_task(encoder, dataset), "zeroshot_classification", name)
             if "linear_probe" in wanted:
                 from eval.linear_probe import linear_probe_task
 
-                emit(linear_probe_task(encoder, probe_splits), "linear_probe", spec.name)
+                emit(linear_probe_task(encoder, probe_splits), "linear_probe", name)
         elif spec.kind == "retrieval":
             enc = encode_retrieval(encoder, dataset)
             if "retrieval" in wanted:
                 result = retrieval_result(encoder.source.name, enc, backend=options.search)
                 if main:
-                    png = _grid(encoder, dataset, enc, out / f"{spec.name}_retrieval_top5.png", options.grid_queries)
+                    png = _grid(encoder, dataset, enc, out / f"{name}_retrieval_top5.png", options.grid_queries)
                     if png is not None:
                         result["top5_grid_png"] = str(png)
-                emit(result, "zeroshot_retrieval", spec.name)
+                emit(result, "zeroshot_retrieval", name)
             if "diagnostics" in wanted:
-                png = out / f"{spec.name}_similarity_histogram.png" if main else None
-                emit(diagnostics_result(encoder.source.name, enc, png), "diagnostics", spec.name)
+                png = out / f"{name}_similarity_histogram.png" if main else None
+                emit(diagnostics_result(encoder.source.name, enc, png), "diagnostics", name)
         else:
             for result in _compositional(encoder, spec, options):
                 result["model"] = encoder.source.name  # the spec, as every other task names it

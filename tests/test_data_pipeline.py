@@ -168,4 +168,5 @@ def test_a_resumed_stream_starts_at_its_epoch():
 
     assert resume_epoch(1000, 256, resampled=False) == 3
     assert resume_epoch(1000, None, resampled=True) == 1000
+    assert resume_epoch(5120, 10000, resampled=True) == 5120  # inside the first epoch: still a fresh sequence
     assert resume_epoch(1000, None, resampled=False) == 0

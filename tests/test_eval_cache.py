@@ -339,3 +339,26 @@ def test_eval_run_without_cache_encodes_each_image_once(tmp_path: Path, monkeypa
                  "--output", str(tmp_path / "out"), "--no-cache", "--no-progress", "--device", "cpu"]) == 0
     assert (tmp_path / "out" / "dual_retrieval_top5.png").is_file()
     assert len(made) == 1 and made[0].model.images == 3 and made[0].model.texts == 5  # grid and diagnostics reuse them
+
+
+def test_repeated_keys_keep_their_own_embeddings(tmp_path: Path) -> None:
+    root = tmp_path / "restart"
+    root.mkdir()
+    (root / "classnames.txt").write_text("red\ngreen\nblue\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a {c} shape\n")
+    write_split(root, [  # keys restart in every shard, as some exporters write them
+        [{"__key__": "k0", "png": png(RED), "cls": b"0"}, {"__key__": "k1", "png": png(GREEN), "cls": b"1"}],
+        [{"__key__": "k0", "png": png(BLUE), "cls": b"2"}, {"__key__": "k1", "png": png(RED), "cls": b"0"}],
+    ])
+    for cache in (None, tmp_path / "cache", tmp_path / "cache"):  # uncached, cold, warm
+        result = zeroshot_task(encoder_for(counting_loaded(), cache), ClassificationShards(root))
+        assert result["metrics"]["acc1"] == 1.0 and result["num_samples"] == 4
+
+
+def test_output_names_are_distinct() -> None:
+    from eval.run import DatasetSpec, output_names
+
+    a, b, c = (DatasetSpec("retrieval", Path(p)) for p in ("x/coco/test", "y/flickr/test", "x/coco/val"))
+    assert list(output_names([a, b, c]).values()) == ["coco-test", "flickr-test", "val"]
+    d = DatasetSpec("classification", Path("x/coco/test"))  # another kind writes other task names
+    assert output_names([a, d])[d] == "test" and output_names([a, d])[a] == "test"

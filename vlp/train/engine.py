@@ -52,13 +52,13 @@ def _save(accelerator: Accelerator, path: Path, model, optimizer, scheduler, ste
 
 
 def resume_epoch(samples_seen: int, samples_per_epoch: Optional[int], resampled: bool) -> int:
-    """The data epoch a resumed run starts: the one the checkpoint was in (epoch mode: its shard
-    permutation from the start, as open_clip resumes), or, with no known epoch size, epoch 0 in
-    epoch mode (warned) and a fresh draw sequence numbered by the samples seen in resampled mode."""
+    """Where a resumed run's data stream starts. Epoch mode: the epoch the checkpoint was in (its
+    shard permutation from the start, as open_clip resumes), or epoch 0 (warned) when the epoch
+    size is unknown. Resampled mode: a fresh draw sequence keyed by the samples seen."""
+    if resampled:
+        return samples_seen  # unique per resume point: never replays an earlier run's draws
     if samples_per_epoch:
         return samples_seen // samples_per_epoch
-    if resampled:
-        return samples_seen
     if samples_seen:
         log.warning("epoch size unknown (no sizes.json and no data.num_samples): the resumed run reads the data "
                     "from the start of epoch 0 again")
