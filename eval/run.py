@@ -147,6 +147,18 @@ def model_files(spec: Path) -> list[Path]:
     return sorted(p for p in spec.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def encoding_code_digest() -> str:
+    """Digest of the source files that decide how a model encodes (loading, towers, transforms,
+    tokenizers, batching): a code change invalidates file-keyed cache entries."""
+    import vlp  # the package only: its sub-modules (open_clip and all) are not imported here
+
+    package = Path(vlp.__file__).parent
+    files = sorted((package / "models").glob("*.py")) + [package / "data" / "transforms.py",
+                                                         package / "data" / "tokenizers.py",
+                                                         Path(__file__).with_name("embed.py")]
+    return digest_bytes(*(p.read_bytes() for p in files if p.is_file()))
+
+
 def model_source(spec: str | os.PathLike[str], cache: EmbeddingCache, device: str = "cpu",
                  model_config: str | None = None, allow_mismatch: bool = False) -> ModelSource:
     """A lazily loaded model whose cache identity comes from its files (no load on a warm run)."""
@@ -160,7 +172,7 @@ def model_source(spec: str | os.PathLike[str], cache: EmbeddingCache, device: st
         files.append(Path(model_config))
     options = json.dumps({"model_config": Path(model_config).name if model_config and Path(model_config).is_file()
                           else model_config, "allow_mismatch": allow_mismatch,
-                          "vlp": getattr(vlp, "__version__", "0")}, sort_keys=True)
+                          "vlp": getattr(vlp, "__version__", "0"), "code": encoding_code_digest()}, sort_keys=True)
 
     def load() -> Any:
         from vlp.models.external import load_eval_model
