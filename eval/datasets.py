@@ -31,7 +31,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from tqdm import tqdm
@@ -81,6 +81,21 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"missing dataset file: {path}")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def validated_templates(templates: Sequence[str], source: str) -> list[str]:
+    """``templates`` checked: non-empty, ``{c}`` the only placeholder (a warning when absent)."""
+    templates = list(templates)
+    if not templates:
+        raise ValueError(f"{source}: no templates")
+    for template in templates:
+        try:
+            template.format(c="x")
+        except (KeyError, IndexError, ValueError) as exn:
+            raise ValueError(f"bad template {template!r} in {source}: only the placeholder {{c}} is allowed") from exn
+        if "{c}" not in template:
+            log.warning("template %r has no {c}: it gives the same prompt for every class", template)
+    return templates
 
 
 def shard_urls(root: str | os.PathLike[str], split: str = "test") -> list[str]:
@@ -267,16 +282,11 @@ class ClassificationShards(ShardReader):
             raise ValueError(f"{root} is a {kind!r} dataset (dataset_type.txt), not classification")
         super().__init__(root, transform, split)
         self.classnames = read_lines(self.root / "classnames.txt")
-        self.templates = read_lines(self.root / "zeroshot_classification_templates.txt")
+        templates_file = self.root / "zeroshot_classification_templates.txt"
+        self.templates = read_lines(templates_file)
         if not self.classnames or not self.templates:
             raise ValueError(f"{root}: classnames.txt and zeroshot_classification_templates.txt must be non-empty")
-        for template in self.templates:
-            try:
-                template.format(c="x")
-            except (KeyError, IndexError, ValueError) as exn:
-                raise ValueError(f"bad template {template!r}: only the placeholder {{c}} is allowed") from exn
-            if "{c}" not in template:
-                log.warning("template %r has no {c}: it gives the same prompt for every class", template)
+        self.templates = validated_templates(self.templates, str(templates_file))
 
     def parse(self, sample: dict[str, Any]) -> ClassificationRecord:
         label = int(_text(sample, "cls").strip())

@@ -100,6 +100,15 @@ class Encoder:
         self.texts_encoded = 0
         self._placed = False
 
+    @classmethod
+    def for_loaded(cls, loaded: EvalModel, batch_size: int = 256, device: str | torch.device | None = None,
+                   num_workers: int = 0, progress: bool = True) -> "Encoder":
+        """An uncached, one-process encoder for a model in memory (on its own device by default)."""
+        from eval.embed import model_device
+
+        return cls(ModelSource.from_loaded(loaded), options=EncodeOptions(batch_size, num_workers, progress),
+                   device=device if device is not None else model_device(loaded.model))
+
     @property
     def loaded(self) -> EvalModel:
         loaded = self.source.loaded

@@ -25,11 +25,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
-from eval.datasets import ClassificationRecord, EvalDataset, Transform, read_lines
+from eval.datasets import ClassificationRecord, EvalDataset, Transform, read_lines, validated_templates
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +44,6 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return image.convert("RGB")
-
-
-def validated_templates(templates: Sequence[str], source: str) -> list[str]:
-    """Templates checked as ``ClassificationShards`` does: non-empty, only ``{c}`` allowed."""
-    templates = list(templates)
-    if not templates:
-        raise ValueError(f"{source}: no templates")
-    for template in templates:
-        try:
-            template.format(c="x")
-        except (KeyError, IndexError, ValueError) as exn:
-            raise ValueError(f"bad template {template!r} in {source}: only the placeholder {{c}} is allowed") from exn
-        if "{c}" not in template:
-            log.warning("template %r has no {c}: it gives the same prompt for every class", template)
-    return templates
 
 
 def find_templates(folder: Path, templates_file: str | os.PathLike[str] | None) -> tuple[list[str], Path | None]:

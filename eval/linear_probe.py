@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from eval.datasets import ClassificationShards, RecordBatches
-from eval.embed import EvalModel, encode_image_batch, eval_mode, model_device
+from eval.datasets import ClassificationShards
+from eval.embed import EvalModel
 from eval.metrics import zeroshot_metrics
 
 TASK = "linear_probe"
@@ -225,18 +225,12 @@ def encode_classification_split(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(features [N, D], labels [N], skipped)`` of one split, L2-normalised image features."""
-    model = loaded.model
-    device = device if device is not None else model_device(model)
-    feats, labels = [], []
-    records_in = RecordBatches(dataset, batch_size, num_workers, f"linear probe {dataset.name}/{dataset.split}",
-                               progress)
-    with eval_mode(model):
-        for records in records_in:
-            feats.append(encode_image_batch(model, [r.image for r in records], device))
-            labels.append(torch.tensor([r.label for r in records], dtype=torch.long))
-    x = torch.cat(feats) if feats else torch.zeros(0, 0)
-    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-    return x, y, records_in.skipped
+    from eval.encoder import Encoder
+
+    images = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress).images(
+        dataset, desc=f"linear probe {dataset.name}/{dataset.split}")
+    labels = torch.tensor([r.label for r in images.records], dtype=torch.long)
+    return images.embeddings, labels, images.skipped
 
 
 def probe_splits(root: str | os.PathLike[str]) -> list[str]:
@@ -297,16 +291,12 @@ def evaluate_linear_probe(
     val_fraction (None with a val split). The probe is trained on ``device`` (default: the
     model's device).
     """
-    encoded, skipped, num_classes, name = {}, 0, 0, Path(dataset_dir).name
-    for split in probe_splits(dataset_dir):
-        dataset = ClassificationShards(dataset_dir, transform=loaded.image_transform, split=split)
-        num_classes, name = len(dataset.classnames), dataset.name
-        x, y, dropped = encode_classification_split(loaded, dataset, batch_size, device, num_workers, progress)
-        encoded[split] = (x, y)
-        skipped += dropped
-    options = {"val_fraction": val_fraction, "weight_decays": weight_decays, "epochs": epochs, "seed": seed}
-    device = device if device is not None else model_device(loaded.model)
-    return _probe_result(name, loaded.name, encoded, num_classes, skipped, options, device)
+    from eval.encoder import Encoder
+
+    datasets = {split: ClassificationShards(dataset_dir, split=split) for split in probe_splits(dataset_dir)}
+    encoder = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress)
+    return linear_probe_task(encoder, datasets, val_fraction=val_fraction, weight_decays=weight_decays,
+                             epochs=epochs, seed=seed, device=encoder.device)
 
 
 def linear_probe_task(

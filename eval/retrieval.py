@@ -8,8 +8,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from eval.datasets import RetrievalShards
-from eval.embed import EvalModel, model_device
-from eval.encoder import EncodeOptions, Encoder, ModelSource
+from eval.embed import EvalModel
+from eval.encoder import Encoder
 from eval.metrics import RECALL_KS
 from eval.search import search_recall
 
@@ -39,12 +39,6 @@ def encode_retrieval(encoder: Encoder, dataset: Any, desc: str = "retrieval") ->
                                images.skipped, tuple(images.records))
 
 
-def _encoder_for(loaded: EvalModel, batch_size: int, device: Any, num_workers: int, progress: bool) -> Encoder:
-    device = device if device is not None else model_device(loaded.model)
-    return Encoder(ModelSource.from_loaded(loaded), options=EncodeOptions(batch_size, num_workers, progress),
-                   device=device)
-
-
 def encode_retrieval_set(
     loaded: EvalModel,
     dataset_dir: str | os.PathLike[str],
@@ -55,7 +49,7 @@ def encode_retrieval_set(
     desc: str = "retrieval",
 ) -> RetrievalEmbeddings:
     """Encode every image and caption of a CLIP_benchmark retrieval folder (no cache)."""
-    encoder = _encoder_for(loaded, batch_size, device, num_workers, progress)
+    encoder = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress)
     return encode_retrieval(encoder, RetrievalShards(dataset_dir), desc)
 
 
@@ -97,5 +91,5 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """Retrieval of an in-memory model on a CLIP_benchmark retrieval folder (no cache, one
     process); see :func:`retrieval_task`."""
-    encoder = _encoder_for(loaded, batch_size, device, num_workers, progress)
+    encoder = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress)
     return retrieval_task(encoder, RetrievalShards(dataset_dir), ks)

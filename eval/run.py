@@ -17,9 +17,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-import torch
 
 from eval.cache import EmbeddingCache, digest_bytes, files_fingerprint
 from eval.encoder import Encoder, ModelSource
@@ -265,8 +264,9 @@ def _grid(encoder: Encoder, dataset: Any, enc: Any, out_png: Path, queries: int)
 def _probe_splits(spec: DatasetSpec) -> dict[str, Any]:
     """train/test (and val when present) readers of a CLIP_benchmark classification folder."""
     from eval.datasets import ClassificationShards
+    from eval.linear_probe import probe_splits
 
-    splits = ["train", "test"] + (["val"] if (spec.path / "val" / "nshards.txt").is_file() else [])
+    splits = probe_splits(spec.path)
     missing = [s for s in ("train", "test") if not (spec.path / s / "nshards.txt").is_file()]
     if missing:
         raise FileNotFoundError(f"linear_probe needs {spec.path}/train and /test shards (missing: {', '.join(missing)})")

@@ -8,8 +8,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from eval.datasets import ClassificationShards
-from eval.embed import EvalModel, encode_texts, eval_mode, model_device
-from eval.encoder import EncodeOptions, Encoder, ModelSource
+from eval.embed import EvalModel, encode_texts, eval_mode
+from eval.encoder import Encoder
 from eval.metrics import build_classifier, per_class_recall, zeroshot_logits, zeroshot_metrics
 
 TASK = "zeroshot_classification"
@@ -74,7 +74,5 @@ def evaluate_zeroshot(
 ) -> dict[str, Any]:
     """Zero-shot classification of an in-memory model on a CLIP_benchmark webdataset folder
     (no cache, one process); see :func:`zeroshot_task`."""
-    device = device if device is not None else model_device(loaded.model)
-    encoder = Encoder(ModelSource.from_loaded(loaded), options=EncodeOptions(batch_size, num_workers, progress),
-                      device=device)
+    encoder = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress)
     return zeroshot_task(encoder, ClassificationShards(dataset_dir))
