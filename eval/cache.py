@@ -76,20 +76,29 @@ class EmbeddingCache:
         return self.root is not None
 
     # ---------------------------------------------------------------- content digests
-    def file_digest(self, path: str | os.PathLike[str]) -> str:
-        """Digest of one file's bytes; reused while its size and mtime are unchanged."""
-        path = Path(path).resolve()
+    def _memo(self, path: Path) -> tuple[list[int], Optional[str]]:
+        """(the file's size and mtime, its memoised digest while they are unchanged, else None)."""
         stat = path.stat()
         sig = [stat.st_size, stat.st_mtime_ns]
         with self._lock:
             memo = self._digests.get(str(path))
-        if memo is not None and memo[:2] == sig:
-            return memo[2]
+        return sig, (memo[2] if memo is not None and memo[:2] == sig else None)
+
+    def file_digest(self, path: str | os.PathLike[str]) -> str:
+        """Digest of one file's bytes; reused while its size and mtime are unchanged."""
+        path = Path(path).resolve()
+        sig, digest = self._memo(path)
+        if digest is not None:
+            return digest
         digest = _file_content_digest(path)
         with self._lock:
             self._digests[str(path)] = sig + [digest]
             self._digests_dirty = True
         return digest
+
+    def knows_digest(self, path: str | os.PathLike[str]) -> bool:
+        """True when :meth:`file_digest` would answer from its memo (size and mtime unchanged)."""
+        return self._memo(Path(path).resolve())[1] is not None
 
     def files_digest(self, paths: Iterable[str | os.PathLike[str]]) -> str:
         """Digest of several files: their names relative to their common folder and contents."""

@@ -13,6 +13,7 @@ ranks (data parallel), and with the model loaded only when something must be enc
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -27,11 +28,18 @@ log = logging.getLogger(__name__)
 
 
 class ModelSource:
-    """A model bundle to evaluate, identified by ``fingerprint`` and loaded on first use."""
+    """A model bundle to evaluate, identified by ``fingerprint`` and loaded on first use.
+
+    :meth:`start_loading` begins the load on a background thread, for a caller that expects to
+    need the model and has other work meanwhile (e.g. hashing the model's files for the cache
+    key: the hash releases the GIL, the load's imports and model build mostly hold it).
+    """
 
     def __init__(self, fingerprint: str | Callable[[], str], load: Callable[[], EvalModel], name: str) -> None:
         self._fingerprint, self._load, self.name = fingerprint, load, name
         self._loaded: Optional[EvalModel] = None
+        self._loader: Optional[threading.Thread] = None
+        self._load_error: Optional[BaseException] = None
 
     @property
     def fingerprint(self) -> str:
@@ -52,9 +60,35 @@ class ModelSource:
         return self._loaded is not None
 
     @property
+    def load_started(self) -> bool:
+        """True once a load began (in the background or in the caller's thread)."""
+        return self._loaded is not None or self._loader is not None
+
+    def start_loading(self) -> None:
+        """Load on a background thread; :attr:`loaded` waits for it (and raises its error).
+        The thread is not a daemon: a process that never asks for the model waits for it at exit."""
+        if self._loaded is not None or self._loader is not None:
+            return
+
+        def load() -> None:
+            try:
+                self._loaded = self._load()
+            except BaseException as exn:  # re-raised by `loaded`, where the load would have run
+                self._load_error = exn
+
+        self._loader = threading.Thread(target=load, name=f"load {self.name}")
+        self._loader.start()
+
+    @property
     def loaded(self) -> EvalModel:
         if self._loaded is None:
-            self._loaded = self._load()
+            if self._loader is not None:
+                self._loader.join()
+                if self._load_error is not None:
+                    error, self._load_error, self._loader = self._load_error, None, None
+                    raise error
+            else:
+                self._loaded = self._load()
         return self._loaded
 
 

@@ -178,8 +178,14 @@ def model_source(spec: str | os.PathLike[str], cache: EmbeddingCache, device: st
 
         return load_eval_model(str(path), device=device, model_config=model_config, allow_mismatch=allow_mismatch)
 
-    fingerprint = (lambda: files_fingerprint(cache, files, options)) if cache.enabled else ""
-    return ModelSource(fingerprint, load, name=str(path))
+    def fingerprint() -> str:
+        if not all(cache.knows_digest(f) for f in files):
+            # files never hashed here: almost surely a cache miss, so load while hashing
+            source.start_loading()
+        return files_fingerprint(cache, files, options)
+
+    source = ModelSource(fingerprint if cache.enabled else "", load, name=str(path))
+    return source
 
 
 # ---------------------------------------------------------------------- datasets

@@ -362,3 +362,50 @@ def test_output_names_are_distinct() -> None:
     assert list(output_names([a, b, c]).values()) == ["coco-test", "flickr-test", "val"]
     d = DatasetSpec("classification", Path("x/coco/test"))  # another kind writes other task names
     assert output_names([a, d])[d] == "test" and output_names([a, d])[a] == "test"
+
+
+def test_background_load_is_the_one_load_and_reraises_its_error() -> None:
+    import threading
+
+    calls, release = [], threading.Event()
+    loaded = fake_loaded()
+
+    def load():
+        calls.append(threading.current_thread().name)
+        release.wait(5)
+        return loaded
+
+    source = ModelSource("fp", load, "fake")
+    source.start_loading()
+    source.start_loading()  # a second call neither loads again nor waits
+    assert not source.is_loaded
+    release.set()
+    assert source.loaded is loaded and source.loaded is loaded
+    assert len(calls) == 1 and calls[0] != threading.current_thread().name
+
+    def broken():
+        raise ValueError("no weights here")
+
+    failing = ModelSource("fp", broken, "broken")
+    failing.start_loading()
+    with pytest.raises(ValueError, match="no weights here"):
+        failing.loaded  # the error surfaces where the model is needed, in the caller's thread
+
+
+def test_cold_model_files_load_while_hashing_and_warm_ones_never_load(tmp_path: Path, monkeypatch) -> None:
+    import eval.run as run_module
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"w" * 1000)
+    loads = []
+    monkeypatch.setattr(run_module, "model_files", lambda path: [Path(path)])
+    monkeypatch.setattr("vlp.models.external.load_eval_model", lambda *a, **k: loads.append(1) or fake_loaded())
+    cache = EmbeddingCache(tmp_path / "cache")
+    cold = run_module.model_source(weights, cache)
+    fingerprint = cold.fingerprint  # the file was never hashed here: the load starts with the hash
+    assert cold.load_started
+    assert cold.loaded is not None and loads == [1]
+    cache.flush_digests()
+    warm = run_module.model_source(weights, EmbeddingCache(tmp_path / "cache"))
+    assert warm.fingerprint == fingerprint
+    assert not warm.load_started and loads == [1]

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlp.models.vit_inference import image_features
+
 ArchSpec = Union[str, Mapping[str, Any]]
 
 
@@ -61,7 +63,7 @@ class DualEncoder(nn.Module):
         return int(self.arch["text_cfg"].get("vocab_size", 49408))
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = self.clip.encode_image(image)
+        features = image_features(self.clip, image)  # open_clip's forward, or its exact inference path
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -190,7 +190,9 @@ class OpenCLIPEncoder(nn.Module):
         self.clip = clip
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_image(image), dim=-1)
+        from vlp.models.vit_inference import image_features
+
+        return F.normalize(image_features(self.clip, image), dim=-1)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         from vlp.models.dual_encoder import can_trim_text, encode_text_trimmed
