@@ -4,8 +4,8 @@ An entry is one ``torch.save`` file under ``ROOT/ab/<key>.pt`` written atomicall
 BLAKE2b digest of what determines the payload:
 
 * a dataset's content digest covers the bytes of every file it reads (shards, CSV/JSON, images,
-  class names, templates). File digests are memoised in ``ROOT/file_digests.json`` by (absolute
-  path, size, mtime_ns), so a warm run stats the files instead of reading them again.
+  class names, templates). File digests (SHA-256) are memoised in ``ROOT/file_digests.sha256.json``
+  by (absolute path, size, mtime_ns), so a warm run stats the files instead of reading them again.
 * a model's fingerprint covers either the files it was loaded from plus the load options
   (:func:`files_fingerprint`), or, for a model in memory, every parameter and buffer's bytes plus
   a probe of its tokenizer and image transform (:func:`model_fingerprint`).
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = "2"  # bump when the layout or an encoding rule changes
 _READ_BLOCK = 1 << 22
+DIGEST_MEMO = "file_digests.sha256.json"  # named by the file-digest algorithm: a change starts a new memo
 
 
 def digest_bytes(*parts: bytes | str) -> str:
@@ -45,10 +46,14 @@ def digest_bytes(*parts: bytes | str) -> str:
 
 
 def _file_content_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while block := f.read(_READ_BLOCK):
-            h.update(block)
+    """SHA-256 of a file's bytes (hardware-accelerated where the CPU has SHA extensions: about
+    twice blake2b's speed on a checkpoint), read into one reused buffer."""
+    h = hashlib.sha256()
+    buffer = bytearray(_READ_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while size := f.readinto(buffer):
+            h.update(view[:size])
     return h.hexdigest()
 
 
@@ -64,7 +69,7 @@ class EmbeddingCache:
         self.misses = 0
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
-            memo = self.root / "file_digests.json"
+            memo = self.root / DIGEST_MEMO
             if memo.is_file():
                 try:
                     self._digests = json.loads(memo.read_text(encoding="utf-8"))
@@ -120,7 +125,7 @@ class EmbeddingCache:
         with self._lock:
             text = json.dumps(self._digests)
             self._digests_dirty = False
-        write_text_atomic(self.root / "file_digests.json", text)
+        write_text_atomic(self.root / DIGEST_MEMO, text)
 
     # ---------------------------------------------------------------- payloads
     def _path(self, key: str) -> Path:

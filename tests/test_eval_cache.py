@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from eval.cache import EmbeddingCache, digest_bytes
+from eval.cache import DIGEST_MEMO, EmbeddingCache, digest_bytes
 from eval.datasets import ClassificationShards, RetrievalShards
 from eval.encoder import EncodeOptions, Encoder, ModelSource
 from eval.parallel import EvalRuntime, split_evenly
@@ -134,7 +134,7 @@ def test_file_digests_are_memoised_by_size_and_mtime(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path / "cache")
     first = cache.file_digest(f)
     cache.flush_digests()
-    memo = json.loads((tmp_path / "cache" / "file_digests.json").read_text())
+    memo = json.loads((tmp_path / "cache" / DIGEST_MEMO).read_text())
     assert memo[str(f.resolve())][2] == first
     f.write_bytes(b"y" * 11)
     assert EmbeddingCache(tmp_path / "cache").file_digest(f) != first

@@ -154,3 +154,33 @@ def test_retrieval_grid_rejects_mismatched_inputs(tmp_path: Path) -> None:
         retrieval_grid_png(["q"], [], tmp_path / "g.png")
     with pytest.raises(ValueError, match="one entry per query"):
         retrieval_grid_png(["q"], [[solid((0, 0, 0))]], tmp_path / "g.png", correct=[0, 1])
+
+
+def test_quick_exit_keeps_what_a_normal_exit_does(tmp_path):
+    """exit_without_teardown: status code, stdout flushed, atexit handlers run, other threads
+    finished, only the module teardown skipped."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "script.py"
+    script.write_text(f"""
+import atexit, threading, time
+from pathlib import Path
+from eval.__main__ import exit_without_teardown
+out = Path({str(tmp_path)!r})
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(0.2)
+    (out / "thread").write_text("done")
+threading.Thread(target=late).start()
+print("table", end="")
+exit_without_teardown(3)
+""")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "table"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"
