@@ -31,7 +31,7 @@ from vlp.utils.atomic import write_text_atomic
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "2"  # bump when the layout or an encoding rule changes
-_READ_BLOCK = 1 << 22
+_READ_BLOCK = 1 << 26  # large blocks: hashing a checkpoint takes the GIL back rarely
 DIGEST_MEMO = "file_digests.sha256.json"  # named by the file-digest algorithm: a change starts a new memo
 
 
@@ -49,9 +49,9 @@ def _file_content_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (hardware-accelerated where the CPU has SHA extensions: about
     twice blake2b's speed on a checkpoint), read into one reused buffer."""
     h = hashlib.sha256()
-    buffer = bytearray(_READ_BLOCK)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(max(1, min(_READ_BLOCK, os.fstat(f.fileno()).st_size)))
+        view = memoryview(buffer)
         while size := f.readinto(buffer):
             h.update(view[:size])
     return h.hexdigest()

@@ -382,3 +382,38 @@ def test_skip_parameter_init_is_scoped() -> None:
     assert nn.init.normal_ is before
     nn.init.normal_(weight)
     assert torch.count_nonzero(weight) == 9
+
+
+def test_skip_parameter_init_covers_attention_and_restores_it() -> None:
+    """MultiheadAttention initialises through names it imported from torch.nn.init; inside, those
+    draw nothing (the RNG does not move), and outside they draw again."""
+    from torch import nn
+
+    from vlp.models.external import skip_parameter_init
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    with skip_parameter_init():
+        nn.MultiheadAttention(8, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    attention = nn.MultiheadAttention(8, 2)
+    assert not torch.equal(torch.get_rng_state(), state)
+    assert attention.in_proj_weight.abs().max() > 0 and torch.count_nonzero(attention.in_proj_bias) == 0
+
+
+def test_matching_state_is_copied_directly_and_other_layouts_go_through_open_clip(tmp_path, registered,
+                                                                                  monkeypatch):
+    """A checkpoint with the model's exact keys and shapes is loaded from the one read of the
+    file; one open_clip must convert (here a logit_scale saved as shape [1]) still goes through
+    open_clip.load_checkpoint. Both give open_clip's own model."""
+    calls = []
+    real = open_clip.load_checkpoint
+    monkeypatch.setattr(open_clip, "load_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    state = _clip_state(_arch())
+    plain = _save_train_checkpoint(tmp_path / "plain.pt", state)
+    reshaped = _save_train_checkpoint(tmp_path / "reshaped.pt", {**state, "logit_scale": state["logit_scale"].reshape(1)})
+    reference = open_clip.create_model("vlp-tiny-test", pretrained=str(plain))
+    _assert_same_as_open_clip(load_eval_model(plain, model_config="vlp-tiny-test"), reference)
+    assert calls == []
+    _assert_same_as_open_clip(load_eval_model(reshaped, model_config="vlp-tiny-test"), reference)
+    assert calls == [1]

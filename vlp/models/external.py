@@ -76,7 +76,21 @@ def _safetensors_metadata(path: Path) -> Dict[str, str]:
 
 
 def _torch_load(path: Path) -> Any:
-    """torch.load with weights_only=True (memory-mapped where the file allows), or a clear error."""
+    """torch.load with weights_only=True (memory-mapped where the file allows), or a clear error.
+    The last file read is kept (by path, size and mtime): format detection and the weight read
+    that follows it unpickle a checkpoint once."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if _LAST_LOAD.get("key") != key:
+        _LAST_LOAD.clear()
+        _LAST_LOAD.update(key=key, value=_torch_load_uncached(path))
+    return _LAST_LOAD["value"]
+
+
+_LAST_LOAD: Dict[str, Any] = {}
+
+
+def _torch_load_uncached(path: Path) -> Any:
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -128,16 +142,20 @@ def load_eval_model(spec: str | Path, device: str = "cpu", model_config: Optiona
     remarks such as 'activation: undeclared'.
     """
     path = Path(spec)
-    kind = detect_format(path)
-    if kind not in ("open_clip_file", "open_clip_dir") and (model_config is not None or pretrained_tag):
-        raise ValueError(f"{path}: model_config / pretrained_tag apply to open_clip checkpoints only, not format {kind!r}")
-    if kind == "vlp":
-        return _load_vlp(path, device, quick_gelu, allow_mismatch)
-    if kind == "hf_clip":
-        from vlp.models.hf_clip import load_hf_clip
+    try:
+        kind = detect_format(path)
+        if kind not in ("open_clip_file", "open_clip_dir") and (model_config is not None or pretrained_tag):
+            raise ValueError(f"{path}: model_config / pretrained_tag apply to open_clip checkpoints only, "
+                             f"not format {kind!r}")
+        if kind == "vlp":
+            return _load_vlp(path, device, quick_gelu, allow_mismatch)
+        if kind == "hf_clip":
+            from vlp.models.hf_clip import load_hf_clip
 
-        return load_hf_clip(path, device, quick_gelu, allow_mismatch)
-    return _load_open_clip(path, kind, device, model_config, quick_gelu, pretrained_tag, allow_mismatch)
+            return load_hf_clip(path, device, quick_gelu, allow_mismatch)
+        return _load_open_clip(path, kind, device, model_config, quick_gelu, pretrained_tag, allow_mismatch)
+    finally:
+        _LAST_LOAD.clear()  # release the memory-mapped checkpoint
 
 
 # ---------------------------------------------------------------- ours
@@ -314,18 +332,29 @@ def _load_open_clip(path: Path, kind: str, device: str, model_config: Any, quick
     if text is not None:
         facts["checkpoint_position_rows"] = _rows(state, prefix + "positional_embedding")
         facts["checkpoint_token_rows"] = _rows(state, prefix + "token_embedding.weight")
-    del state
     problems = check_model_consistency(tokenizer, declared_activation=declared, built_quick_gelu=built, **facts)
     notes = activation_notes(declared, built) + [f"model config: {config_name}"]
     if problems and not allow_mismatch:
         raise ModelMismatchError(path, problems)
     try:
-        open_clip.load_checkpoint(model, str(weights), strict=True)
+        if not _load_matching_state(model, state):  # else open_clip converts other layouts
+            open_clip.load_checkpoint(model, str(weights), strict=True)
     except RuntimeError as err:
         raise ModelMismatchError(path, problems + [f"the weights cannot be loaded into the model config: {err}"]) from err
     loaded = LoadedModel(model=OpenCLIPEncoder(model.to(device).eval()), tokenizer=tokenizer,
                          image_transform=transform, name=str(weights))
     return finish_loading(loaded, path, problems, notes, allow_mismatch)
+
+
+def _load_matching_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    """Copy ``state`` into ``model`` when it has exactly the model's keys and shapes (then no
+    conversion of open_clip's ``load_checkpoint`` applies, and the file is not read again);
+    False, loading nothing, otherwise."""
+    own = model.state_dict()
+    if own.keys() != state.keys() or any(own[k].shape != state[k].shape for k in own):
+        return False
+    model.load_state_dict(state, strict=True)
+    return True
 
 
 _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
@@ -336,14 +365,17 @@ _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "
 def skip_parameter_init() -> Iterator[None]:
     """Make ``torch.nn.init``'s initialisers no-ops while a model that will be loaded strictly is
     built (a ViT-B/32 spends ~1 s drawing random weights that the checkpoint then replaces)."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    from torch.nn.modules import activation  # MultiheadAttention calls the names it imported
+
+    saved = [(module, name, getattr(module, name)) for module in (nn.init, activation)
+             for name in _INIT_FUNCTIONS if hasattr(module, name)]
     try:
-        for name in _INIT_FUNCTIONS:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        for module, name, _ in saved:
+            setattr(module, name, lambda tensor, *args, **kwargs: tensor)
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+        for module, name, fn in saved:
+            setattr(module, name, fn)
 
 
 class _DropMessage(logging.Filter):
