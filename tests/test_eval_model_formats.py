@@ -396,6 +396,16 @@ def test_skip_parameter_init_covers_attention_and_restores_it() -> None:
     with skip_parameter_init():
         nn.MultiheadAttention(8, 2)
     assert torch.equal(torch.get_rng_state(), state)
+    # another thread (the main one, while a model loads in the background) still initialises
+    import threading
+
+    other = torch.zeros(4)
+    with skip_parameter_init():
+        worker = threading.Thread(target=lambda: nn.init.ones_(other))
+        worker.start()
+        worker.join()
+        assert torch.equal(nn.init.ones_(torch.zeros(2)), torch.zeros(2))  # skipped in this thread
+    assert torch.equal(other, torch.ones(4))
     attention = nn.MultiheadAttention(8, 2)
     assert not torch.equal(torch.get_rng_state(), state)
     assert attention.in_proj_weight.abs().max() > 0 and torch.count_nonzero(attention.in_proj_bias) == 0

@@ -363,15 +363,24 @@ _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "
 
 @contextlib.contextmanager
 def skip_parameter_init() -> Iterator[None]:
-    """Make ``torch.nn.init``'s initialisers no-ops while a model that will be loaded strictly is
-    built (a ViT-B/32 spends ~1 s drawing random weights that the checkpoint then replaces)."""
+    """Make ``torch.nn.init``'s initialisers no-ops, in the calling thread, while a model that will
+    be loaded strictly is built (a ViT-B/32 spends ~1 s drawing random weights that the checkpoint
+    then replaces)."""
+    import threading
+
     from torch.nn.modules import activation  # MultiheadAttention calls the names it imported
+
+    owner = threading.get_ident()  # a load on a background thread leaves other threads' init alone
+
+    def skipped(fn: Any) -> Any:
+        return lambda tensor, *args, **kwargs: (tensor if threading.get_ident() == owner
+                                                else fn(tensor, *args, **kwargs))
 
     saved = [(module, name, getattr(module, name)) for module in (nn.init, activation)
              for name in _INIT_FUNCTIONS if hasattr(module, name)]
     try:
-        for module, name, _ in saved:
-            setattr(module, name, lambda tensor, *args, **kwargs: tensor)
+        for module, name, fn in saved:
+            setattr(module, name, skipped(fn))
         yield
     finally:
         for module, name, fn in saved:
