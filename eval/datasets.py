@@ -336,16 +336,38 @@ def _as_list(items: list[Any]) -> list[Any]:
     return items
 
 
-def batches(dataset: ShardReader, batch_size: int, num_workers: int = 0) -> Iterator[list[Any]]:
+FIRST_BATCH = 32  # items in the first list of each worker: the model starts on it at once
+
+
+class _Batched(torch.utils.data.IterableDataset):
+    """``dataset``'s items (split across workers by the dataset itself) in lists: the first list
+    of each worker holds ``first`` items, the others ``size``."""
+
+    def __init__(self, dataset: EvalDataset, size: int, first: int) -> None:
+        self.dataset, self.size, self.first = dataset, size, first
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        batch, limit = [], self.first
+        for item in self.dataset:
+            batch.append(item)
+            if len(batch) == limit:
+                yield batch
+                batch, limit = [], self.size
+        if batch:
+            yield batch
+
+
+def batches(dataset: EvalDataset, batch_size: int, num_workers: int = 0) -> Iterator[list[Any]]:
     """Lists of up to ``batch_size`` items (records and :class:`Skipped`) in shard order.
 
-    With ``num_workers > 0`` shards are split across worker processes (order then interleaves).
+    With ``num_workers > 0`` the samples are split across worker processes (order then
+    interleaves; records carry their ``index``). Each worker's first list holds at most
+    ``FIRST_BATCH`` items, so the model is not idle while a whole batch is decoded.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
-    )
+    batched = _Batched(dataset, batch_size, min(batch_size, FIRST_BATCH))
+    loader = torch.utils.data.DataLoader(batched, batch_size=None, num_workers=num_workers, collate_fn=_as_list)
     yield from loader
 
 

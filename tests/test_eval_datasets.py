@@ -333,3 +333,24 @@ def test_cli_runs_tasks_with_a_fake_loader(tmp_path: Path, monkeypatch: pytest.M
     assert json.loads((tmp_path / "o" / "retrieval.json").read_text())["metrics"]["text_retrieval_recall@1"] == (
         pytest.approx(2 / 3))
     assert main(["retrieval", "--model", str(ckpt), "--dataset", str(tmp_path / "none"), "--output", str(out)]) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_start_small_then_full_and_cover_every_sample_once(tmp_path: Path, workers: int) -> None:
+    from eval.datasets import FIRST_BATCH, batches
+
+    root = tmp_path / "many"
+    root.mkdir()
+    (root / "classnames.txt").write_text("red\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a {c}\n")
+    write_split(root, [[{"__key__": f"k{i:03d}", "png": png(RED), "cls": b"0"} for i in range(s, s + 35)]
+                       for s in (0, 35)])
+    dataset = ClassificationShards(root)
+    sizes, indices = [], []
+    for items in batches(dataset, batch_size=40, num_workers=workers):
+        sizes.append(len(items))
+        indices += [item.index for item in items]
+    assert sorted(indices) == list(range(70))
+    # one process: 32 then 38; two workers (35 samples each): 32 + 3 from each, interleaved
+    assert sizes == ([FIRST_BATCH, 38] if workers == 0 else [FIRST_BATCH, FIRST_BATCH, 3, 3])
+    assert [len(b) for b in batches(dataset, batch_size=30)] == [30, 30, 10]  # never above batch_size

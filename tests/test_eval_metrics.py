@@ -93,7 +93,8 @@ def test_classifier_averages_normalised_templates() -> None:
 
 
 class _PromptTable(torch.nn.Module):
-    """Text encoder over a fixed prompt table (token = prompt index); counts encode calls."""
+    """Text encoder over a fixed prompt table (token = prompt index + 1: one real token each, 0
+    being padding); counts encode calls."""
 
     def __init__(self, prompts: list[str], vectors: list[list[float]]):
         super().__init__()
@@ -102,11 +103,11 @@ class _PromptTable(torch.nn.Module):
         self.batch_sizes: list[int] = []
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return torch.tensor([[self.prompts.index(t)] for t in texts])
+        return torch.tensor([[self.prompts.index(t) + 1] for t in texts])
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         self.batch_sizes.append(tokens.shape[0])
-        return self.table[tokens[:, 0]]
+        return self.table[tokens[:, 0] - 1]
 
 
 def test_zeroshot_classifier_encodes_prompts_in_batches_and_averages() -> None:
