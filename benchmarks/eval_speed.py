@@ -4,8 +4,9 @@ Both evaluate the same open_clip checkpoint (an open_clip architecture, random i
 seed, saved as a state-dict file: nothing is downloaded) on the same local CLIP_benchmark
 webdataset folders (the built-in shapes sets: zero-shot classification over 16 classes x 7
 templates, and retrieval with 5 captions per image as in COCO and Flickr30k), in float32 on this
-machine's device, each with its own defaults (batch size, workers). clip_benchmark runs in its own environment ``.venv-anchor-eval`` (it wants requests,
-scikit-learn and numpy<2.4; built on first use) with ``--no_amp`` so that both compute in float32.
+machine's device, each with its own defaults (batch size, workers). clip_benchmark runs in its
+own environment ``.venv-anchor-eval`` (it wants requests, scikit-learn and numpy<2.4; built on
+first use) with ``--no_amp`` so that both compute in float32.
 
 Timed, as whole commands a user would type (interpreter start, imports, model build included):
 * anchor: ``clip_benchmark eval`` once per dataset (it runs one task per call);
@@ -18,6 +19,8 @@ disturbed by other load on the machine); every round is listed. Every metric mus
 object; ``ratio`` = anchor time / our cold time (above 1: faster).
 
     python benchmarks/eval_speed.py                      # ViT-B-32, 160 + 150 images, 2 rounds
+    python benchmarks/eval_speed.py --captions 0         # 2-3 captions per retrieval image
+    python benchmarks/eval_speed.py --zeroshot-per-class 20 --retrieval 16   # image-dominated
     python benchmarks/eval_speed.py --arch ViT-S-32 --rounds 1   # quicker
 """
 
