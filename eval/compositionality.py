@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from eval.datasets import CompositionalShards, RecordBatches
+from eval.batching import RecordBatches
+from eval.datasets import CompositionalShards
 from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode, model_device
 from eval.metrics import caption_selection
 

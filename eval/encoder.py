@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from eval.cache import EmbeddingCache, digest_bytes, model_fingerprint
-from eval.datasets import EvalDataset, Skipped, batches, split_skipped
+from eval.batching import batches, split_skipped
+from eval.datasets import EvalDataset, Skipped
 from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode
 from eval.parallel import EvalRuntime, map_sliced
 

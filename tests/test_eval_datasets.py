@@ -18,14 +18,8 @@ import webdataset as wds
 from PIL import Image
 
 from eval.compositionality import evaluate_compositional
-from eval.datasets import (
-    ClassificationShards,
-    CompositionalShards,
-    RetrievalShards,
-    Skipped,
-    batches,
-    split_skipped,
-)
+from eval.batching import batches, split_skipped
+from eval.datasets import ClassificationShards, CompositionalShards, RetrievalShards, Skipped
 from eval.report import read_result, write_result
 from eval.retrieval import evaluate_retrieval
 from eval.suite import evaluate_builtin, flat_metrics, format_table
@@ -337,7 +331,7 @@ def test_cli_runs_tasks_with_a_fake_loader(tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_start_small_then_full_and_cover_every_sample_once(tmp_path: Path, workers: int) -> None:
-    from eval.datasets import FIRST_BATCH, batches
+    from eval.batching import FIRST_BATCH
 
     root = tmp_path / "many"
     root.mkdir()

@@ -12,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from eval.csv_datasets import CsvClassification, CsvRetrieval
+from eval.batching import batches
 from eval.dataset_formats import open_classification, open_retrieval
 from eval.datasets import (
     ClassificationRecord,
@@ -20,7 +21,6 @@ from eval.datasets import (
     RetrievalRecord,
     RetrievalShards,
     Skipped,
-    batches,
 )
 from eval.image_folder import DEFAULT_TEMPLATES, ImageFolderClassification
 from eval.karpathy import KarpathyRetrieval
