@@ -264,9 +264,7 @@ def exit_without_teardown(code: int) -> None:
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # what interpreter exit does first: stop idle pools, join non-daemon threads
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()

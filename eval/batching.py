@@ -43,12 +43,13 @@ def batches(dataset: EvalDataset, batch_size: int, num_workers: int = 0) -> Iter
     """Lists of up to ``batch_size`` items (records and :class:`Skipped`) in shard order.
 
     With ``num_workers > 0`` the samples are split across worker processes (order then
-    interleaves; records carry their ``index``). Each worker's first list holds at most
+    interleaves; records carry their ``index``); each worker's first list then holds at most
     ``FIRST_BATCH`` items, so the model is not idle while a whole batch is decoded.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batched = _Batched(dataset, batch_size, min(batch_size, FIRST_BATCH))
+    first = min(batch_size, FIRST_BATCH) if num_workers > 0 else batch_size  # nothing to overlap without workers
+    batched = _Batched(dataset, batch_size, first)
     loader = torch.utils.data.DataLoader(batched, batch_size=None, num_workers=num_workers, collate_fn=_as_list)
     yield from loader
 

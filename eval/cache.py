@@ -50,7 +50,7 @@ def _file_content_digest(path: Path) -> str:
     twice blake2b's speed on a checkpoint), read into one reused buffer."""
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        buffer = bytearray(max(1, min(_READ_BLOCK, os.fstat(f.fileno()).st_size)))
+        buffer = bytearray(max(1 << 20, min(_READ_BLOCK, os.fstat(f.fileno()).st_size)))
         view = memoryview(buffer)
         while size := f.readinto(buffer):
             h.update(view[:size])

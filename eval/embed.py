@@ -87,6 +87,8 @@ def length_batches(sorted_lengths: Sequence[int], batch_size: int, max_padding: 
     """Consecutive batches of at most ``batch_size`` texts, given token lengths in ascending
     order, each closed early when padding to its longest text would add more than
     ``max_padding`` of its real tokens (so mixed lengths cost at most ~10% padded work)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batches, start, real = [], 0, 0
     for i, length in enumerate(sorted_lengths):
         count = i - start + 1

@@ -67,7 +67,8 @@ class ModelSource:
 
     def start_loading(self) -> None:
         """Load on a background thread; :attr:`loaded` waits for it (and raises its error).
-        The thread is not a daemon: a process that never asks for the model waits for it at exit."""
+        The thread is a daemon: a process that ends without needing the model (every embedding
+        was cached after all, or an error) does not wait for the load."""
         if self._loaded is not None or self._loader is not None:
             return
 
@@ -77,7 +78,7 @@ class ModelSource:
             except BaseException as exn:  # re-raised by `loaded`, where the load would have run
                 self._load_error = exn
 
-        self._loader = threading.Thread(target=load, name=f"load {self.name}")
+        self._loader = threading.Thread(target=load, name=f"load {self.name}", daemon=True)
         self._loader.start()
 
     @property
@@ -85,7 +86,7 @@ class ModelSource:
         if self._loaded is None:
             if self._loader is not None:
                 self._loader.join()
-                if self._load_error is not None:
+                if self._load_error is not None:  # raised once; a later access loads again here
                     error, self._load_error, self._loader = self._load_error, None, None
                     raise error
             else:

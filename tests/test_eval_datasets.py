@@ -345,6 +345,7 @@ def test_batches_start_small_then_full_and_cover_every_sample_once(tmp_path: Pat
         sizes.append(len(items))
         indices += [item.index for item in items]
     assert sorted(indices) == list(range(70))
-    # one process: 32 then 38; two workers (35 samples each): 32 + 3 from each, interleaved
-    assert sizes == ([FIRST_BATCH, 38] if workers == 0 else [FIRST_BATCH, FIRST_BATCH, 3, 3])
+    # one process: full batches (no decoding to overlap); two workers (35 samples each): 32 + 3
+    # from each, interleaved
+    assert sizes == ([40, 30] if workers == 0 else [FIRST_BATCH, FIRST_BATCH, 3, 3])
     assert [len(b) for b in batches(dataset, batch_size=30)] == [30, 30, 10]  # never above batch_size

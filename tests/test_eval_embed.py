@@ -20,6 +20,8 @@ def test_length_batches_on_hand_built_lengths():
     # 10, 10, 11: 3 x 11 = 33 <= 1.1 x 31; a fourth text of 13 would pad 52 > 1.1 x 44
     assert length_batches([10, 10, 11, 13], 100) == [slice(0, 3), slice(3, 4)]
     assert length_batches([7], 1) == [slice(0, 1)]
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches([3, 4], 0)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -158,7 +158,8 @@ def test_retrieval_grid_rejects_mismatched_inputs(tmp_path: Path) -> None:
 
 def test_quick_exit_keeps_what_a_normal_exit_does(tmp_path):
     """exit_without_teardown: status code, stdout flushed, atexit handlers run, other threads
-    finished, only the module teardown skipped."""
+    finished, an open thread pool and an unneeded background model load do not hold it; only
+    the module teardown is skipped."""
     import subprocess
     import sys
     from pathlib import Path
@@ -174,13 +175,21 @@ def late():
     time.sleep(0.2)
     (out / "thread").write_text("done")
 threading.Thread(target=late).start()
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(2)  # left open: its idle workers must not hold the exit
+pool.submit(lambda: (out / "pool").write_text("ran"))
+from eval.encoder import ModelSource
+never = threading.Event()
+ModelSource("fp", never.wait, "blocked").start_loading()  # a load nobody needs must not hold it either
 print("table", end="")
 exit_without_teardown(3)
 """)
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True,
+    # a hang (the bug this guards against) fails by the timeout, not by a measured time
+    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert done.returncode == 3, done.stderr
     assert done.stdout == "table"
     assert (tmp_path / "atexit").read_text() == "ran"
     assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "pool").read_text() == "ran"

@@ -71,7 +71,8 @@ def test_grad_and_training_use_open_clip_forward():
     model = _clip()
     images = _images(3)
     calls = []
-    hook = model.visual.register_forward_hook(lambda *a: calls.append(1))
+    own_forward = model.visual.forward
+    model.visual.forward = lambda x: calls.append(1) or own_forward(x)  # counts, no hook
     with torch.no_grad():
         image_features(model, images)
     assert calls == []  # fast path: the module's own forward did not run
@@ -81,7 +82,6 @@ def test_grad_and_training_use_open_clip_forward():
     with torch.no_grad():
         image_features(model, images)
     assert calls == [1, 1]
-    hook.remove()
 
 
 def test_unsupported_towers_fall_back():
@@ -96,6 +96,15 @@ def test_unsupported_towers_fall_back():
     assert not supports_fast_forward(resnet.visual)
     with torch.no_grad():
         torch.testing.assert_close(image_features(resnet, _images(2)), resnet.encode_image(_images(2)))
+    hooked = _clip()
+    assert supports_fast_forward(hooked.visual)
+    handle = hooked.visual.transformer.resblocks[1].attn.register_forward_pre_hook(lambda *a: None)
+    assert not supports_fast_forward(hooked.visual)  # e.g. ZeRO-3 gathers parameters in such hooks
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    assert not supports_fast_forward(hooked.visual)
+    handle.remove()
+    assert supports_fast_forward(hooked.visual)
 
 
 def test_eval_encoders_use_it_with_the_same_embeddings():

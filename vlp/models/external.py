@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import tempfile
+import threading
 from copy import deepcopy
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -48,23 +49,29 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 def detect_format(path: Path) -> str:
     """'vlp', 'open_clip_dir', 'open_clip_file' or 'hf_clip' for a local path; a clear error otherwise."""
+    return _detect(Path(path))[0]
+
+
+def _detect(path: Path) -> Tuple[str, Any]:
+    """(the format, the unpickled checkpoint when telling the format took reading it, else None)."""
     from vlp.train.checkpoint import latest_checkpoint
 
-    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path} (expected a local path in one of the formats: {FORMATS})")
     if path.is_dir():
         if (path / "open_clip_config.json").is_file():
-            return "open_clip_dir"
+            return "open_clip_dir", None
         config = path / "config.json"
         if config.is_file() and json.loads(config.read_text()).get("model_type") == "clip":
-            return "hf_clip"
+            return "hf_clip", None
         if latest_checkpoint(path) is not None:
-            return "vlp"
+            return "vlp", None
     elif path.suffix in WEIGHT_SUFFIXES:
         if path.suffix == ".safetensors":
-            return "vlp" if "vlp_config" in _safetensors_metadata(path) else "open_clip_file"
-        return "vlp" if _is_vlp_checkpoint(path) else "open_clip_file"
+            return ("vlp" if "vlp_config" in _safetensors_metadata(path) else "open_clip_file"), None
+        ckpt = _torch_load(path)
+        is_vlp = isinstance(ckpt, Mapping) and "config" in ckpt and "model" in ckpt
+        return ("vlp" if is_vlp else "open_clip_file"), ckpt
     raise ValueError(f"{path}: not a model in any known format; the formats are: {FORMATS}")
 
 
@@ -76,21 +83,7 @@ def _safetensors_metadata(path: Path) -> Dict[str, str]:
 
 
 def _torch_load(path: Path) -> Any:
-    """torch.load with weights_only=True (memory-mapped where the file allows), or a clear error.
-    The last file read is kept (by path, size and mtime): format detection and the weight read
-    that follows it unpickle a checkpoint once."""
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if _LAST_LOAD.get("key") != key:
-        _LAST_LOAD.clear()
-        _LAST_LOAD.update(key=key, value=_torch_load_uncached(path))
-    return _LAST_LOAD["value"]
-
-
-_LAST_LOAD: Dict[str, Any] = {}
-
-
-def _torch_load_uncached(path: Path) -> Any:
+    """torch.load with weights_only=True (memory-mapped where the file allows), or a clear error."""
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -103,18 +96,15 @@ def _torch_load_uncached(path: Path) -> Any:
                          "archives (OpenAI's original .pt files) are not supported, use a state-dict copy") from err
 
 
-def _is_vlp_checkpoint(path: Path) -> bool:
-    ckpt = _torch_load(path)
-    return isinstance(ckpt, Mapping) and "config" in ckpt and "model" in ckpt
-
-
-def _read_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """(state dict without 'module.' prefixes, the other top-level entries / safetensors metadata)."""
+def _read_weights(path: Path, ckpt: Any = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(state dict without 'module.' prefixes, the other top-level entries / safetensors metadata);
+    ``ckpt``: the file already unpickled (by format detection), not read again."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path)), _safetensors_metadata(path)
-    ckpt = _torch_load(path)
+    if ckpt is None:
+        ckpt = _torch_load(path)
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{path}: not a state dict (got {type(ckpt).__name__})")
     extra: Dict[str, Any] = {}
@@ -142,20 +132,16 @@ def load_eval_model(spec: str | Path, device: str = "cpu", model_config: Optiona
     remarks such as 'activation: undeclared'.
     """
     path = Path(spec)
-    try:
-        kind = detect_format(path)
-        if kind not in ("open_clip_file", "open_clip_dir") and (model_config is not None or pretrained_tag):
-            raise ValueError(f"{path}: model_config / pretrained_tag apply to open_clip checkpoints only, "
-                             f"not format {kind!r}")
-        if kind == "vlp":
-            return _load_vlp(path, device, quick_gelu, allow_mismatch)
-        if kind == "hf_clip":
-            from vlp.models.hf_clip import load_hf_clip
+    kind, read = _detect(path)
+    if kind not in ("open_clip_file", "open_clip_dir") and (model_config is not None or pretrained_tag):
+        raise ValueError(f"{path}: model_config / pretrained_tag apply to open_clip checkpoints only, not format {kind!r}")
+    if kind == "vlp":
+        return _load_vlp(path, device, quick_gelu, allow_mismatch)
+    if kind == "hf_clip":
+        from vlp.models.hf_clip import load_hf_clip
 
-            return load_hf_clip(path, device, quick_gelu, allow_mismatch)
-        return _load_open_clip(path, kind, device, model_config, quick_gelu, pretrained_tag, allow_mismatch)
-    finally:
-        _LAST_LOAD.clear()  # release the memory-mapped checkpoint
+        return load_hf_clip(path, device, quick_gelu, allow_mismatch)
+    return _load_open_clip(path, kind, device, model_config, quick_gelu, pretrained_tag, allow_mismatch, read)
 
 
 # ---------------------------------------------------------------- ours
@@ -262,7 +248,7 @@ def _resolve_model_config(model_config: str | Path | Mapping) -> Tuple[Dict[str,
 
 
 def _load_open_clip(path: Path, kind: str, device: str, model_config: Any, quick_gelu: Optional[bool],
-                    pretrained_tag: Optional[str], allow_mismatch: bool) -> LoadedModel:
+                    pretrained_tag: Optional[str], allow_mismatch: bool, read: Any = None) -> LoadedModel:
     import open_clip
     from open_clip.factory import _find_checkpoint_in_dir
 
@@ -292,7 +278,7 @@ def _load_open_clip(path: Path, kind: str, device: str, model_config: Any, quick
     for source, name in (("file", weights.name), ("folder", directory.name)):
         if name_declares_quick_gelu(name):
             declared.append((f"the checkpoint's {source} name {name!r}", True))
-    state, extra = _read_weights(weights)
+    state, extra = _read_weights(weights, read if weights == path else None)
     run_name = extra.get("name")
     if isinstance(run_name, str) and name_declares_quick_gelu(run_name):
         declared.append((f"the checkpoint's run name {run_name!r}", True))
@@ -366,8 +352,6 @@ def skip_parameter_init() -> Iterator[None]:
     """Make ``torch.nn.init``'s initialisers no-ops, in the calling thread, while a model that will
     be loaded strictly is built (a ViT-B/32 spends ~1 s drawing random weights that the checkpoint
     then replaces)."""
-    import threading
-
     from torch.nn.modules import activation  # MultiheadAttention calls the names it imported
 
     owner = threading.get_ident()  # a load on a background thread leaves other threads' init alone
@@ -376,15 +360,19 @@ def skip_parameter_init() -> Iterator[None]:
         return lambda tensor, *args, **kwargs: (tensor if threading.get_ident() == owner
                                                 else fn(tensor, *args, **kwargs))
 
-    saved = [(module, name, getattr(module, name)) for module in (nn.init, activation)
-             for name in _INIT_FUNCTIONS if hasattr(module, name)]
-    try:
-        for module, name, fn in saved:
-            setattr(module, name, skipped(fn))
-        yield
-    finally:
-        for module, name, fn in saved:
-            setattr(module, name, fn)
+    with _INIT_PATCH_LOCK:  # one patch at a time: a second would save the first's wrappers as originals
+        saved = [(module, name, getattr(module, name)) for module in (nn.init, activation)
+                 for name in _INIT_FUNCTIONS if hasattr(module, name)]
+        try:
+            for module, name, fn in saved:
+                setattr(module, name, skipped(fn))
+            yield
+        finally:
+            for module, name, fn in saved:
+                setattr(module, name, fn)
+
+
+_INIT_PATCH_LOCK = threading.Lock()
 
 
 class _DropMessage(logging.Filter):

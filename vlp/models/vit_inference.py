@@ -9,7 +9,8 @@ That removes about 10/12 of the last block's work (about 7% of a ViT-B/32 forwar
 
 The result equals ``visual(images)`` up to float rounding (same operations, other kernels);
 ``tests/test_vit_inference.py`` checks that on every pooling variant. Towers this forward does
-not cover (attention pooling, custom blocks, token outputs) and any call with grad enabled or
+not cover (attention pooling, custom blocks, token outputs, and modules that are wrapped or
+carry forward hooks, as FSDP and DeepSpeed ZeRO-3 leave them) and any call with grad enabled or
 in training mode use open_clip's own forward.
 """
 
@@ -41,9 +42,20 @@ def supports_fast_forward(visual: nn.Module) -> bool:
             return False
         if not isinstance(attn, nn.MultiheadAttention) or not attn.batch_first or not attn._qkv_same_embed_dim:
             return False
-        if attn.bias_k is not None or attn.add_zero_attn:
+        if attn.bias_k is not None or attn.add_zero_attn or type(attn.out_proj) not in _STOCK_LINEAR:
             return False
-    return True
+    # the forward below reads weights and skips module calls: anything that works through module
+    # forwards (hooks, e.g. DeepSpeed ZeRO-3 gathering parameters) needs open_clip's own forward
+    return not any(_has_hooks(module) for module in (visual, transformer, *transformer.resblocks,
+                                                     *(block.attn for block in transformer.resblocks)))
+
+
+_STOCK_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 def _block(block: nn.Module, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
