@@ -34,7 +34,7 @@ def test_unknown_key_names_the_nearest_valid_key(override, message):
     ("optim.lr=-1", "optim.lr: must be > 0"),
     ("train.batch_size=0", "train.batch_size: must be > 0"),
     ("optim.schedule=linear", "valid choices: cosine, constant"),
-    ("train.precision=fp8", "valid choices: no, bf16, fp16"),
+    ("train.precision=fp8", "valid choices: fp32, bf16, fp16"),
     ("data.resize_scale=[0.9,0.5]", "data.resize_scale"),
     ("model.arch=ViT-B-33", "did you mean ViT-B-32"),
     ("model.init_logit_scale=5.0", "exceeds model.max_logit_scale"),

@@ -150,7 +150,7 @@ def test_bombs_empty_files_and_transform_errors_are_counted(tmp_path):
 def test_a_resumed_stream_starts_at_its_epoch():
     from vlp.data.shards import ShardSource
     from vlp.data.sources import ResampledShardStream
-    from vlp.train.engine import resume_epoch
+    from vlp.train.resume import resume_epoch
 
     urls = [f"s{i}" for i in range(6)]
     fresh = iter(EpochShardStream(urls, seed=3, rank=0, world_size=1))

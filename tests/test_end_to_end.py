@@ -99,4 +99,12 @@ def test_two_processes_with_torchrun(shapes_dir, tmp_path, cli_env):
     assert [r["step"] for r in lines] == [5, 6]
     # 2 ranks x 16 samples per step: the epoch fraction counts the global batch
     assert lines[-1]["epoch"] == pytest.approx(6 * 32 / 256)
+    final = torch.load(tmp_path / "ddp/checkpoints/final.pt", weights_only=True)
+    assert final["step"] == 6 and final["world_size"] == 2
+    assert proc.stdout.count("done:") == 1  # rank 0 only
+    # the same run directory on one process: another world size, refused before any work
+    proc = _train(shapes_dir, tmp_path, "ddp", ["train.steps=8", "eval.at_end=false", "data.workers=1"], cli_env,
+                  check=False)
+    assert proc.returncode == 2 and "world size (processes): 2 -> 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert torch.load(tmp_path / "ddp/checkpoints/final.pt", weights_only=True)["step"] == 6

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from vlp.config_overrides import apply_overrides, field_type
+
+_INDEX_IN_KEY = re.compile(r"\[(\d+)\]")
+
+
+FULL_PRECISION_NAMES = ("fp32", "no", "False")
+"""Spellings of train.precision meaning full precision: 'no' is accelerate's name for it."""
 
 
 class ConfigError(ValueError):
@@ -204,8 +213,8 @@ class TrainConfig:
     """Parent directory of run directories."""
     run_name: Optional[str] = None
     """Run directory name under output_dir; None makes one from the time."""
-    precision: str = "no"
-    """Mixed precision: 'no', 'bf16' or 'fp16' (fp16 uses a gradient scaler; GPU only)."""
+    precision: str = "fp32"
+    """Numeric precision: 'fp32' (full precision; 'no' is the same), 'bf16' or 'fp16' autocast (fp16 with a gradient scaler), on GPU or CPU."""
     log_every: int = 10
     """Steps between metric lines in metrics.jsonl."""
     checkpoint_every: int = 500
@@ -221,7 +230,9 @@ class TrainConfig:
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
             value = getattr(self, key)
             _check(value > 0, f"train.{key}", f"must be > 0, got {value}")
-        _check_choice(self.precision, "train.precision", ["no", "bf16", "fp16"])
+        if self.precision in FULL_PRECISION_NAMES:
+            self.precision = "fp32"  # one name for full precision ('False' is YAML 1.1's reading of `no`)
+        _check_choice(self.precision, "train.precision", ["fp32", "bf16", "fp16"])
         _check(self.threads is None or self.threads > 0, "train.threads", "must be > 0 or null")
 
 
@@ -254,7 +265,8 @@ class Config:
 
 
 def _valid_keys(schema: Any, prefix: str = "") -> List[str]:
-    """All dotted keys of a dataclass tree, for 'did you mean' messages."""
+    """All dotted keys of a dataclass tree, for 'did you mean' messages; the fields of list items
+    appear once under an empty index (``loss.terms[].weight``)."""
     keys = []
     for f in fields(schema):
         dotted = f"{prefix}{f.name}"
@@ -262,26 +274,43 @@ def _valid_keys(schema: Any, prefix: str = "") -> List[str]:
         value = getattr(schema, f.name)
         if is_dataclass(value):
             keys.extend(_valid_keys(value, dotted + "."))
+        item_type = field_type(type(schema), [f.name, "0"])
+        if is_dataclass(item_type):
+            keys.extend(_valid_keys(item_type(), dotted + "[]."))
     return keys
+
+
+def _closest_key(key: str) -> Optional[str]:
+    """The valid key nearest to ``key`` (indices of list items kept as the user gave them)."""
+    indices = _INDEX_IN_KEY.findall(key)
+    generic = _INDEX_IN_KEY.sub("[]", key)
+    valid = _valid_keys(Config())
+    close = difflib.get_close_matches(generic, valid, n=1, cutoff=0.5)
+    section = generic.rsplit(".", 1)[0] if "." in generic else ""
+    if not close and section:
+        siblings = [k for k in valid if k.startswith(section + ".")]
+        close = difflib.get_close_matches(generic, siblings, n=1, cutoff=0.0)
+    if not close:
+        return None
+    out = close[0]
+    for index in indices:
+        out = out.replace("[]", f"[{index}]", 1)
+    return out
 
 
 def _explain(err: OmegaConfBaseException) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
-        valid = _valid_keys(Config())
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-        section = key.rsplit(".", 1)[0] if "." in key else ""
-        if not close and section:
-            siblings = [k for k in valid if k.startswith(section + ".")]
-            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = _closest_key(key) if key else None
+        hint = f"; did you mean {close!r}?" if close else ""
         return ConfigError(f"{key or '?'}: unknown config key{hint}")
     msg = str(err).splitlines()[0]
     return ConfigError(f"{key or '?'}: {msg}")
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides (list items by
+    index: ``loss.terms.0.weight=0.5`` or ``loss.terms[0].weight=0.5``)."""
     schema = OmegaConf.structured(Config)
     layers: List[DictConfig] = []
     if path is not None:
@@ -292,10 +321,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like section.key=value, got {bad}")
-    if overrides:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         merged = OmegaConf.merge(schema, *layers)
+        problem = apply_overrides(merged, Config, overrides)
+        if problem:
+            raise ConfigError(problem)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _explain(err) from None

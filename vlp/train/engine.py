@@ -1,8 +1,10 @@
 """The training loop: one Accelerate loop over the endless shard stream.
 
-Per step: move the batch to the device (images as uint8) and normalise its images there, forward
-both towers, sum the configured objectives, backward, clip, AdamW step, schedule step, clamp the
-temperature. Every ``log_every`` steps a JSON line; every ``checkpoint_every`` steps
+Before any work: the run directory is checked (a resumed run must train the same thing on the
+same number of processes, and not be past ``train.steps`` already; see vlp/train/resume.py), and
+only then is its config written. Per step: move the batch to the device (images as uint8) and
+normalise its images there, forward both towers in the requested precision, sum the configured
+objectives, backward, clip, AdamW step, schedule step, clamp the temperature. Every ``log_every`` steps a JSON line; every ``checkpoint_every`` steps
 an atomic checkpoint; at the end a final checkpoint and the built-in evaluation. A step whose loss
 is not finite on any rank is skipped on all ranks and counted; too many in a row stop the run with
 the last good checkpoint intact.
@@ -18,7 +20,7 @@ from typing import Any, Dict, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm import tqdm
 
 from vlp.config import Config, config_to_yaml
@@ -27,9 +29,11 @@ from vlp.data.skips import SkipReport
 from vlp.data.transforms import normalize_on_device, train_transform
 from vlp.losses.registry import compute_objective
 from vlp.models.factory import build_model, count_parameters, model_tokenizer
-from vlp.train.checkpoint import FINAL_NAME, load_checkpoint, newest_for_resume, prune_step_checkpoints, save_atomic
+from vlp.train.checkpoint import FINAL_NAME, prune_step_checkpoints, save_atomic
 from vlp.train.optim import build_optimizer, build_scheduler
-from vlp.train.run_dir import RunDir
+from vlp.train.precision import Precision, accelerate_precision
+from vlp.train.resume import load_states, previous_run, resume_epoch
+from vlp.train.run_dir import RunDir, default_run_name
 
 log = logging.getLogger(__name__)
 MAX_NONFINITE_IN_A_ROW = 20
@@ -41,28 +45,31 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def _save(accelerator: Accelerator, path: Path, model, optimizer, scheduler, step: int, cfg: Config,
-          samples_seen: int) -> None:
+def _save(accelerator: Accelerator, path: Path, model, optimizer, scheduler, precision: Precision, step: int,
+          cfg: Config, samples_seen: int) -> None:
     if accelerator.is_main_process:
         state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "config": config_to_yaml(cfg),
-                 "samples_seen": samples_seen}
+                 "scheduler": scheduler.state_dict(), "grad_scaler": precision.state_dict(), "step": step,
+                 "config": config_to_yaml(cfg), "samples_seen": samples_seen,
+                 "world_size": accelerator.num_processes}
         save_atomic(state, path)
     accelerator.wait_for_everyone()
 
 
-def resume_epoch(samples_seen: int, samples_per_epoch: Optional[int], resampled: bool) -> int:
-    """Where a resumed run's data stream starts. Epoch mode: the epoch the checkpoint was in (its
-    shard permutation from the start, as open_clip resumes), or epoch 0 (warned) when the epoch
-    size is unknown. Resampled mode: a fresh draw sequence keyed by the samples seen."""
-    if resampled:
-        return samples_seen  # unique per resume point: never replays an earlier run's draws
-    if samples_per_epoch:
-        return samples_seen // samples_per_epoch
-    if samples_seen:
-        log.warning("epoch size unknown (no sizes.json and no data.num_samples): the resumed run reads the data "
-                    "from the start of epoch 0 again")
-    return 0
+def _run_name(accelerator: Accelerator, cfg: Config, recipe: Optional[str]) -> str:
+    """``train.run_name``, or one made from the recipe and the time on rank 0 and shared with every rank."""
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    name = [default_run_name(cfg.train.output_dir, recipe) if accelerator.is_main_process else ""]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(name, from_process=0)
+    return name[0]
+
+
+def _warn_about_setup(cfg: Config, accelerator: Accelerator) -> None:
+    if cfg.optim.warmup_steps > cfg.train.steps:
+        accelerator.print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} exceeds train.steps="
+                          f"{cfg.train.steps}: the learning rate never reaches its peak optim.lr={cfg.optim.lr}")
 
 
 def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
@@ -77,40 +84,52 @@ def _sum_over_ranks(counts: Counter[str]) -> Dict[str, int]:
     return dict(total)
 
 
-def train(cfg: Config) -> Path:
-    """Train with ``cfg``; returns the run directory."""
+def train(cfg: Config, recipe: Optional[str] = None) -> Path:
+    """Train with ``cfg``; returns the run directory. ``recipe`` (the config file's stem) names a
+    run that ``train.run_name`` leaves unnamed."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    on_cpu = not torch.cuda.is_available()
     # cpu=True is what makes accelerate use gloo (MULTI_CPU) under torchrun when there is no GPU
-    accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.train.precision, on_cpu), cpu=on_cpu)
+    precision = Precision(accelerator, cfg.train.precision)
+    _warn_about_setup(cfg, accelerator)
     set_seed(cfg.train.seed)
     model = build_model(cfg.model)
     tokenizer = model_tokenizer(cfg.model, model)
     transform = train_transform(model.image_size, cfg.data.resize_scale, cfg.data.color_jitter)
-    loader = loader_from_config(cfg.data, cfg.train.batch_size, transform, tokenizer, seed=cfg.train.seed,
-                                rank=accelerator.process_index, world_size=accelerator.num_processes)
     samples_per_epoch = cfg.data.num_samples or epoch_samples(train_sources(cfg.data))
-    run = RunDir.create(cfg)  # only once the data and model were found
-    if accelerator.is_main_process:
-        run.save_config(cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.optim)
 
     global_batch = cfg.train.batch_size * accelerator.num_processes
-    start_step, samples_seen = 0, 0
-    resume_from = newest_for_resume(run.checkpoints) if cfg.train.resume else None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    run = RunDir.at(cfg, _run_name(accelerator, cfg, recipe))
+    resume = previous_run(run, cfg, accelerator.num_processes)  # every check passes before anything is written
+    start_step, samples_seen, start_epoch = 0, 0, 0
+    if resume is not None:
+        resume_from, state = resume
+        load_states(resume_from, state, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=precision)
         start_step = int(state["step"])
         samples_seen = int(state.get("samples_seen", start_step * global_batch))
         start_epoch = resume_epoch(samples_seen, samples_per_epoch, cfg.data.resampled)
-        loader = loader_from_config(cfg.data, cfg.train.batch_size, transform, tokenizer, seed=cfg.train.seed,
-                                    rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                    start_epoch=start_epoch)
-        accelerator.print(f"resumed from {resume_from} at step {start_step}; data from epoch {start_epoch} "
+        if start_step == cfg.train.steps:
+            accelerator.print(f"{run.root} is already trained to train.steps={start_step}; nothing to do "
+                              f"(raise train.steps to continue it)")
+            return run.root
+    loader = loader_from_config(cfg.data, cfg.train.batch_size, transform, tokenizer, seed=cfg.train.seed,
+                                rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                start_epoch=start_epoch)
+    accelerator.wait_for_everyone()  # every rank has read the old run before rank 0 changes its directory
+    if accelerator.is_main_process:
+        aside = run.set_aside() if resume is None else None
+        if aside is not None:
+            print(f"{run.root} held a run that is not resumed here (train.resume={str(cfg.train.resume).lower()} "
+                  f"or no checkpoint yet); its files were moved to {aside}")
+        run.create()
+        run.save_config(cfg)
+    accelerator.wait_for_everyone()
+    if resume is not None:
+        accelerator.print(f"resumed from {resume[0]} at step {start_step}; data from epoch {start_epoch} "
                           f"({samples_seen} samples seen)")
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -135,7 +154,7 @@ def train(cfg: Config) -> Path:
         for k in IMAGE_INPUTS:
             if k in inputs:
                 inputs[k] = normalize_on_device(inputs[k], transform.mean, transform.std)
-        with accelerator.autocast():
+        with precision.autocast():
             outputs = model(**inputs)
             losses = compute_objective(outputs, cfg.loss.terms)
         if _any_rank(accelerator, not torch.isfinite(losses["total"]).item()):
@@ -147,10 +166,8 @@ def train(cfg: Config) -> Path:
                                          f"the last checkpoint in {run.checkpoints} is intact. Lower optim.lr or check the data.")
             continue
         nonfinite_in_a_row = 0
-        accelerator.backward(losses["total"])
-        if cfg.optim.grad_clip_norm is not None:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-        optimizer.step()
+        precision.backward(losses["total"])
+        precision.step(optimizer, model.parameters(), cfg.optim.grad_clip_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         unwrapped.clamp_logit_scale()
@@ -175,16 +192,17 @@ def train(cfg: Config) -> Path:
                 run.log_metrics(record)
             window_start, window_samples = time.perf_counter(), 0
         if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
-            _save(accelerator, run.checkpoints / f"step-{done:08d}.pt", model, optimizer, scheduler, done, cfg,
-                  samples_seen)
+            _save(accelerator, run.checkpoints / f"step-{done:08d}.pt", model, optimizer, scheduler, precision, done,
+                  cfg, samples_seen)
             if accelerator.is_main_process:
                 prune_step_checkpoints(run.checkpoints, cfg.train.keep_checkpoints)
     progress.close()
 
     all_skipped = _sum_over_ranks(skipped.totals)
-    _save(accelerator, run.checkpoints / FINAL_NAME, model, optimizer, scheduler, cfg.train.steps, cfg, samples_seen)
+    _save(accelerator, run.checkpoints / FINAL_NAME, model, optimizer, scheduler, precision, step, cfg, samples_seen)
     if accelerator.is_main_process:
-        run.save_json("train_summary.json", {"steps": cfg.train.steps, "global_batch": global_batch,
+        run.save_json("train_summary.json", {"steps": step, "global_batch": global_batch,
+                                             "world_size": accelerator.num_processes, "precision": cfg.train.precision,
                                              "skipped_samples": all_skipped, "nonfinite_steps": nonfinite_total})
         if cfg.eval.at_end and cfg.eval.builtin_root:
             final_evaluation(unwrapped, cfg, run)

@@ -1,4 +1,10 @@
-"""The run directory: resolved config, metrics as JSON lines, checkpoints, final results."""
+"""The run directory: resolved config, metrics as JSON lines, checkpoints, final results.
+
+Its name is ``train.run_name``, or ``<recipe>-<YYYYmmdd-HHMMSS>`` (as open_clip names runs by
+time) with a suffix when that already exists. Starting over in a directory that holds a run
+(``train.resume=false``) moves the old files into ``superseded-<time>/`` inside it: nothing of
+the old run is overwritten.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,22 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 from vlp.config import Config, config_to_yaml
 from vlp.utils.atomic import write_json_atomic, write_text_atomic
+
+RECORD_FILES = ("config.yaml", "metrics.jsonl", "train_summary.json", "eval_results.json", "checkpoints")
+
+
+def default_run_name(output_dir: str | Path, recipe: Optional[str]) -> str:
+    """``<recipe>-<time>`` (``run-<time>`` without a recipe file), unused under ``output_dir``."""
+    base = f"{recipe or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 1
+    while (Path(output_dir) / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 @dataclass
@@ -17,18 +35,43 @@ class RunDir:
     root: Path
 
     @classmethod
-    def create(cls, cfg: Config) -> "RunDir":
-        name = cfg.train.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-        root = Path(cfg.train.output_dir) / name
-        (root / "checkpoints").mkdir(parents=True, exist_ok=True)
-        return cls(root)
+    def at(cls, cfg: Config, name: str) -> "RunDir":
+        """The run directory ``name`` under ``train.output_dir`` (not created yet)."""
+        return cls(Path(cfg.train.output_dir) / name)
+
+    def create(self) -> None:
+        (self.root / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def record(self) -> List[Path]:
+        """The files of a run already in this directory (empty for a new run)."""
+        found = [self.root / n for n in RECORD_FILES if (self.root / n).exists()]
+        return [p for p in found if not (p.is_dir() and not any(p.iterdir()))]
+
+    def set_aside(self) -> Optional[Path]:
+        """Move an existing run's files into ``superseded-<time>/``; returns that folder (None if nothing)."""
+        files = self.record()
+        if not files:
+            return None
+        folder = self.root / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = self.root / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        folder.mkdir(parents=True)
+        for path in files:
+            path.rename(folder / path.name)
+        return folder
+
     def save_config(self, cfg: Config) -> None:
-        write_text_atomic(self.root / "config.yaml", config_to_yaml(cfg))
+        write_text_atomic(self.config_path, config_to_yaml(cfg))
 
     def log_metrics(self, record: Dict[str, Any]) -> None:
         with open(self.root / "metrics.jsonl", "a") as f:

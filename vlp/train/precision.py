@@ -1,0 +1,64 @@
+"""The requested numeric precision, honoured on every device.
+
+Accelerate runs bf16 autocast on CPU and GPU and fp16 autocast with a gradient scaler on GPU; for
+fp16 on a CPU it would silently stay in fp32. There this class runs float16 autocast and a
+``torch.amp.GradScaler('cpu')`` itself, so ``train.precision`` always means what it says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+from accelerate import Accelerator
+
+
+def accelerate_precision(precision: str, on_cpu: bool) -> str:
+    """The ``mixed_precision`` to give Accelerate for ``train.precision`` (fp16 on CPU is ours to run)."""
+    if precision == "fp32" or (precision == "fp16" and on_cpu):
+        return "no"
+    return precision
+
+
+class Precision:
+    """Autocast, loss scaling and the optimizer step for one ``train.precision`` on ``accelerator``."""
+
+    def __init__(self, accelerator: Accelerator, precision: str) -> None:
+        self.accelerator = accelerator
+        self.name = precision
+        self.own_fp16 = precision == "fp16" and accelerator.device.type == "cpu"
+        self.own_scaler = torch.amp.GradScaler("cpu") if self.own_fp16 else None
+
+    @property
+    def scaler(self) -> Optional[torch.amp.GradScaler]:
+        """The active gradient scaler (ours on CPU, accelerate's on GPU), or None."""
+        return self.own_scaler if self.own_scaler is not None else self.accelerator.scaler
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.own_fp16:
+            return torch.autocast("cpu", dtype=torch.float16)
+        return self.accelerator.autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(self.own_scaler.scale(loss) if self.own_scaler is not None else loss)
+
+    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
+             clip_norm: Optional[float]) -> None:
+        """Unscale (fp16), clip the global norm, step; a scaled step with inf/NaN gradients is skipped by the scaler."""
+        if self.own_scaler is not None:
+            self.own_scaler.unscale_(optimizer)
+        if clip_norm is not None:
+            self.accelerator.clip_grad_norm_(parameters, clip_norm)
+        if self.own_scaler is not None:
+            self.own_scaler.step(optimizer)
+            self.own_scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self) -> Optional[Dict[str, Any]]:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
+        if state and self.scaler is not None:
+            self.scaler.load_state_dict(state)
