@@ -6,7 +6,7 @@
     python -m eval aro --subset vg_relation|vg_attribution|coco_order|flickr30k_order --model M --dataset DIR --output F
     python -m eval sugarcrepe [--subset replace_obj,...] [--image-root DIR] --model M --dataset DIR --output F
     python -m eval winoground --model M --dataset DIR --output F.json
-    python -m eval builtin --model M --root DIR --output-dir DIR
+    python -m eval builtin --model M --root DIR --output-dir DIR   # = `run` on DIR/{zeroshot,retrieval,compositional}
 
 M is a run directory or checkpoint of ours, an open_clip checkpoint file (with --model-config: an
 open_clip model name or model-config JSON), an open_clip local-dir export, or a local transformers
@@ -100,15 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="similarity histogram PNG (default: the output path with .png)")
     from eval.search import BACKENDS
 
-    for name in ("run", "retrieval"):
-        (run if name == "run" else tasks[name]).add_argument(
-            "--search", default="auto", choices=BACKENDS,
-            help="retrieval top-k: torch (exact), faiss-flat (exact), faiss-ivf (approximate); auto: torch up to "
-                 "100k gallery items, faiss-flat up to 1M, IVF beyond")
-    builtin = sub.add_parser("builtin", help="all tasks on ROOT/{zeroshot,retrieval,compositional}")
+    builtin = sub.add_parser("builtin", help="`run` of zeroshot, retrieval, compositionality on "
+                                             "ROOT/{zeroshot,retrieval,compositional}")
     _add_common(builtin)
     builtin.add_argument("--root", required=True, help="folder holding zeroshot/, retrieval/, compositional/")
-    builtin.add_argument("--output-dir", required=True, help="folder for <task>.json results")
+    builtin.add_argument("--output-dir", "--output", dest="output_dir", required=True,
+                         help="output folder: the files `run --output` writes (<dataset>_<task>.json, results.csv, "
+                              "summary.md, retrieval PNG)")
+    builtin.add_argument("--grid-queries", type=int, default=4,
+                         help="text queries in the retrieval top-5 PNG (0: none)")
+    for parser_ in (run, tasks["retrieval"], builtin):
+        parser_.add_argument(
+            "--search", default="auto", choices=BACKENDS,
+            help="retrieval top-k: torch (exact), faiss-flat (exact), faiss-ivf (approximate); auto: torch up to "
+                 "100k gallery items, faiss-flat up to 1M, IVF beyond (the JSON's `search` says which ran)")
     return parser
 
 
@@ -208,15 +213,13 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             label = f"{r['dataset']}/{r['task']}"
             labelled[label if label not in labelled else f"{label}#{len(labelled)}"] = r
         return labelled
-    if args.command == "builtin":
-        from eval.suite import evaluate_builtin
+    if args.command == "builtin":  # `run` on the three folders: same files, same cache
+        from eval.run import RunOptions
+        from eval.suite import run_builtin
 
-        results = evaluate_builtin(encoder.loaded, args.root, batch_size=args.batch_size, device=encoder.device,
-                                   num_workers=args.num_workers, progress=not args.no_progress)
-        for name, result in results.items():
-            if main:
-                result["path"] = str(write_result(Path(args.output_dir) / f"{name}.json", result))
-        return results
+        options = RunOptions(args.batch_size, args.num_workers, not args.no_progress, grid_queries=args.grid_queries,
+                             search=args.search)
+        return run_builtin(encoder, args.root, args.output_dir, options)
     if args.command in FORMAT_TASKS:
         result = _run_format_task(encoder.loaded, args, str(encoder.device))
         result.setdefault("model_warnings", encoder.model_warnings())
@@ -237,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vlp-eval: error: {exn}", file=sys.stderr)
         return 2
     except Exception as exn:  # a model mismatch is refused with its own message
-        if type(exn).__name__ == "ModelMismatchError":
-            print(f"vlp-eval: error: {exn}\n(pass --allow-mismatch to evaluate anyway)", file=sys.stderr)
+        if type(exn).__name__ == "ModelMismatchError":  # its message names --allow-mismatch
+            print(f"vlp-eval: error: {exn}", file=sys.stderr)
             return 2
         raise
     if int(os.environ.get("RANK", "0")) != 0:
@@ -252,8 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for field in ("path", "histogram_png", "top5_grid_png"):
             if field in result:
                 print(f"wrote {result[field]}")
-    if args.command == "run":
-        print(f"wrote {Path(args.output) / 'results.csv'} and {Path(args.output) / 'summary.md'}")
+    if args.command in ("run", "builtin"):
+        out = Path(args.output if args.command == "run" else args.output_dir)
+        print(f"wrote {out / 'results.csv'} and {out / 'summary.md'}")
     return 0
 
 

@@ -11,7 +11,7 @@ from eval.datasets import RetrievalShards
 from eval.embed import EvalModel
 from eval.encoder import Encoder
 from eval.metrics import RECALL_KS
-from eval.search import search_recall
+from eval.search import recall_search_plan, search_recall
 
 TASK = "zeroshot_retrieval"
 
@@ -57,21 +57,26 @@ def retrieval_result(model_name: str, enc: RetrievalEmbeddings, ks: Sequence[int
                      backend: str = "auto") -> dict[str, Any]:
     """Image<->text retrieval metrics of an encoded retrieval set; the result dict.
 
-    Search is exact top-k (torch, chunked: the full score matrix is never held) up to a million
-    gallery items and faiss IVF beyond (``backend``: see :func:`eval.search.topk`); ties are
-    resolved exactly as :func:`eval.metrics.retrieval_recall` resolves them.
+    Search is exact top-k (torch, chunked: the full score matrix is never held, up to
+    100k gallery items; faiss flat up to a million) and faiss IVF beyond (``backend``: see
+    :func:`eval.search.search_plan`); ties are resolved exactly as
+    :func:`eval.metrics.retrieval_recall` resolves them.
 
     Keys: dataset, model, task, metrics {image_retrieval_recall@k, text_retrieval_recall@k for k
-    in ``ks``}, num_images, num_texts, skipped. Scores are cosine similarities (texts x images).
+    in ``ks``}, num_images, num_texts, skipped, and search: the backend each direction ran, with
+    its parameters (:func:`eval.search.recall_search_plan`). Scores are cosine similarities
+    (texts x images).
     """
+    num_images, num_texts = int(enc.images.shape[0]), int(enc.texts.shape[0])
     return {
         "dataset": enc.dataset,
         "model": model_name,
         "task": TASK,
         "metrics": search_recall(enc.texts, enc.images, enc.text_to_image, ks, backend=backend),
-        "num_images": int(enc.images.shape[0]),
-        "num_texts": int(enc.texts.shape[0]),
+        "num_images": num_images,
+        "num_texts": num_texts,
         "skipped": enc.skipped,
+        "search": recall_search_plan(backend, num_texts, num_images),
     }
 
 

@@ -196,6 +196,8 @@ def open_dataset(spec: DatasetSpec) -> Any:
     if spec.kind == "classification":
         return open_classification(spec.path, None)
     if spec.kind == "retrieval":
+        if spec.path.is_file() and spec.path.suffix.lower() == ".json":  # Karpathy JSON: images beside it
+            return open_retrieval(spec.path, None, image_root=spec.path.parent)
         return open_retrieval(spec.path, None)
     if spec.kind == "compositional":
         from eval.datasets import CompositionalShards
@@ -318,27 +320,35 @@ def plan_runs(tasks: Sequence[str], datasets: Sequence[DatasetSpec]) -> list[tup
     return plan
 
 
-def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[DatasetSpec], output_dir: str | os.PathLike[str],
-              options: RunOptions | None = None) -> list[dict[str, Any]]:
-    """Run ``tasks`` on the datasets they apply to; rank 0 writes DIR/<dataset>_<task>.json,
-    DIR/results.csv and DIR/summary.md. Returns the result dicts (on every rank)."""
+def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[DatasetSpec],
+              output_dir: str | os.PathLike[str] | None, options: RunOptions | None = None) -> list[dict[str, Any]]:
+    """Run ``tasks`` on the datasets they apply to; rank 0 writes DIR/<dataset>_<task>.json
+    (``task`` as named in ``tasks``: ``zeroshot``, ``retrieval``, ...; the JSON's own ``task``
+    field keeps CLIP_benchmark's name), DIR/results.csv and DIR/summary.md, and the PNGs
+    (nothing when ``output_dir`` is None). Returns the result dicts (on every rank), in order."""
     from eval.diagnostics import diagnostics_result
     from eval.retrieval import encode_retrieval, retrieval_result
     from eval.zeroshot import zeroshot_task
 
     options = options or RunOptions()
-    out = Path(output_dir)
+    out = Path(output_dir) if output_dir is not None else None
     main = encoder.runtime.is_main
+    write = main and out is not None
     plan = plan_runs(tasks, datasets)  # every dataset opened (and checked) before any work starts
-    if main:
+    if write:
         out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
+    written: set[str] = set()
 
-    def emit(result: dict[str, Any], task_name: str, dataset_name: str) -> None:
+    def emit(result: dict[str, Any], task: str, stem: str) -> None:
         result.setdefault("model_warnings", encoder.model_warnings())
         result.setdefault("language", "en")  # CLIP_benchmark's result keys
-        if main:
-            result["path"] = str(write_result(out / f"{dataset_name}_{task_name}.json", result))
+        file_name, n = f"{stem}_{task}.json", 2
+        while file_name in written:  # e.g. two Winoground folders: both results are "winoground"
+            file_name, n = f"{stem}-{n}_{task}.json", n + 1
+        written.add(file_name)
+        if write:
+            result["path"] = str(write_result(out / file_name, result))
         results.append(result)
 
     names = output_names([spec for spec, *_ in plan])
@@ -346,7 +356,7 @@ def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[Dataset
         name = names[spec]
         if spec.kind == "classification":
             if "zeroshot" in wanted:
-                emit(zeroshot_task(encoder, dataset), "zeroshot_classification", name)
+                emit(zeroshot_task(encoder, dataset), "zeroshot", name)
             if "linear_probe" in wanted:
                 from eval.linear_probe import linear_probe_task
 
@@ -355,19 +365,21 @@ def run_tasks(encoder: Encoder, tasks: Sequence[str], datasets: Sequence[Dataset
             enc = encode_retrieval(encoder, dataset)
             if "retrieval" in wanted:
                 result = retrieval_result(encoder.source.name, enc, backend=options.search)
-                if main:
+                if write:
                     png = _grid(encoder, dataset, enc, out / f"{name}_retrieval_top5.png", options.grid_queries)
                     if png is not None:
                         result["top5_grid_png"] = str(png)
-                emit(result, "zeroshot_retrieval", name)
+                emit(result, "retrieval", name)
             if "diagnostics" in wanted:
-                png = out / f"{name}_similarity_histogram.png" if main else None
+                png = out / f"{name}_similarity_histogram.png" if write else None
                 emit(diagnostics_result(encoder.source.name, enc, png), "diagnostics", name)
         else:
             for result in _compositional(encoder, spec, options):
                 result["model"] = encoder.source.name  # the spec, as every other task names it
-                emit(result, str(result["task"]), str(result["dataset"]))
-    if main and results:
+                # ours is named like the other kinds; ARO/SugarCrepe/Winoground by their subset
+                stem = name if result["dataset"] == spec.name else str(result["dataset"])
+                emit(result, "compositionality", stem)
+    if write and results:
         from eval.report import build_csv, write_markdown_summary
 
         build_csv(results, out / "results.csv")

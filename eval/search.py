@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +94,18 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
+def ivf_params(n: int, nlist: int | None = None, nprobe: int | None = None) -> tuple[int, int]:
+    """(nlist, nprobe) an IVF search over ``n`` items uses: ``nlist`` default :func:`default_nlist`,
+    ``nprobe`` default min(nlist, :data:`DEFAULT_NPROBE`); ValueError when out of range."""
+    nlist = default_nlist(n) if nlist is None else int(nlist)
+    if not 1 <= nlist <= n:
+        raise ValueError(f"nlist must be in [1, {n}] (gallery size), got {nlist}")
+    nprobe = min(nlist, DEFAULT_NPROBE) if nprobe is None else int(nprobe)
+    if not 1 <= nprobe <= nlist:
+        raise ValueError(f"nprobe must be in [1, nlist={nlist}], got {nprobe}")
+    return nlist, nprobe
+
+
 def topk_faiss(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -120,12 +132,7 @@ def topk_faiss(
     if index == "flat":
         searcher = faiss.IndexFlatIP(dim)
     elif index == "ivf":
-        nlist = default_nlist(n) if nlist is None else int(nlist)
-        if not 1 <= nlist <= n:
-            raise ValueError(f"nlist must be in [1, {n}] (gallery size), got {nlist}")
-        nprobe = min(nlist, DEFAULT_NPROBE) if nprobe is None else int(nprobe)
-        if not 1 <= nprobe <= nlist:
-            raise ValueError(f"nprobe must be in [1, nlist={nlist}], got {nprobe}")
+        nlist, nprobe = ivf_params(n, nlist, nprobe)
         if nprobe < nlist:
             log.warning("IVF search with nprobe=%d < nlist=%d is approximate", nprobe, nlist)
         quantizer = faiss.IndexFlatIP(dim)
@@ -154,6 +161,19 @@ def resolve_backend(backend: str, gallery_size: int) -> str:
     return backend
 
 
+def search_plan(backend: str, gallery_size: int, nlist: int | None = None,
+                nprobe: int | None = None) -> dict[str, Any]:
+    """What :func:`topk` runs for ``backend`` over ``gallery_size`` items, as a JSON-ready dict:
+    ``backend`` (resolved, see :func:`resolve_backend`), ``gallery``, for ``faiss-ivf`` its
+    ``nlist`` and ``nprobe``, and ``exact`` (False only for IVF probing fewer lists than it has)."""
+    resolved = resolve_backend(backend, gallery_size)
+    plan: dict[str, Any] = {"backend": resolved, "gallery": int(gallery_size)}
+    if resolved == "faiss-ivf" and gallery_size > 0:
+        plan["nlist"], plan["nprobe"] = ivf_params(gallery_size, nlist, nprobe)
+    plan["exact"] = plan.get("nprobe") == plan.get("nlist")
+    return plan
+
+
 def topk(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -163,11 +183,12 @@ def topk(
     nlist: int | None = None,
     nprobe: int | None = None,
 ) -> TopK:
-    """Top-k search with the backend named (see :data:`BACKENDS`, :func:`resolve_backend`)."""
-    backend = resolve_backend(backend, gallery.shape[0])
-    if backend == "torch":
+    """Top-k search with the backend named (see :data:`BACKENDS`, :func:`search_plan`)."""
+    plan = search_plan(backend, gallery.shape[0], nlist, nprobe)
+    if plan["backend"] == "torch":
         return topk_torch(queries, gallery, k, chunk=chunk)
-    return topk_faiss(queries, gallery, k, index=backend.split("-")[1], nlist=nlist, nprobe=nprobe)
+    return topk_faiss(queries, gallery, k, index=plan["backend"].split("-")[1], nlist=plan.get("nlist"),
+                      nprobe=plan.get("nprobe"))
 
 
 # ------------------------------------------------------------------------------ recall
@@ -272,6 +293,16 @@ class _Recall:
             else:
                 hit[rows] = _image_hits(top.indices, self.t2i, rows)
         return hit
+
+
+def recall_search_plan(backend: str, num_texts: int, num_images: int, nlist: int | None = None,
+                       nprobe: int | None = None) -> dict[str, Any]:
+    """What :func:`search_recall` runs, per direction: ``image_retrieval`` (text queries over the
+    ``num_images`` images) and ``text_retrieval`` (image queries over the ``num_texts`` texts),
+    each a :func:`search_plan`; ``requested`` is the backend asked for (``auto`` resolves per
+    gallery size, so the two directions may differ)."""
+    return {"requested": backend, "image_retrieval": search_plan(backend, num_images, nlist, nprobe),
+            "text_retrieval": search_plan(backend, num_texts, nlist, nprobe)}
 
 
 def search_recall(

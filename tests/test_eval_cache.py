@@ -257,9 +257,9 @@ def test_eval_run_writes_json_csv_markdown_and_grid(tmp_path: Path, monkeypatch:
     assert main(argv) == 0
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["dual_diagnostics.json", "dual_retrieval_top5.png", "dual_similarity_histogram.png",
-                     "dual_zeroshot_classification.json", "dual_zeroshot_retrieval.json", "results.csv", "summary.md"]
-    zs = json.loads((out / "dual_zeroshot_classification.json").read_text())
+    assert names == ["dual_diagnostics.json", "dual_retrieval.json", "dual_retrieval_top5.png",
+                     "dual_similarity_histogram.png", "dual_zeroshot.json", "results.csv", "summary.md"]
+    zs = json.loads((out / "dual_zeroshot.json").read_text())
     assert zs["metrics"]["acc1"] == 1.0 and math.isnan(zs["metrics"]["acc5"]) and zs["skipped"] == 1
     assert zs["model_warnings"] == ["activation: undeclared"]
     rows = (out / "results.csv").read_text().splitlines()
@@ -271,7 +271,7 @@ def test_eval_run_writes_json_csv_markdown_and_grid(tmp_path: Path, monkeypatch:
     shutil.rmtree(out)
     assert main(argv) == 0
     assert loads == [str(ckpt)]
-    assert json.loads((out / "dual_zeroshot_classification.json").read_text()) == zs
+    assert json.loads((out / "dual_zeroshot.json").read_text()) == zs
 
     # another checkpoint file (new bytes) is another model
     ckpt.write_bytes(b"other weights")
@@ -314,7 +314,7 @@ def test_eval_run_faiss_and_torch_search_agree(tmp_path: Path, monkeypatch: pyte
         assert main(["run", "--model", str(ckpt), "--tasks", "retrieval", "--datasets", f"retrieval:{data}",
                      "--output", str(out), "--search", backend, "--no-cache", "--no-progress", "--grid-queries", "0",
                      "--device", "cpu"]) == 0
-        metrics[backend] = json.loads((out / "noise_zeroshot_retrieval.json").read_text())["metrics"]
+        metrics[backend] = json.loads((out / "noise_retrieval.json").read_text())["metrics"]
     assert metrics["torch"] == metrics["faiss-flat"]
     assert metrics["torch"]["image_retrieval_recall@10"] > 0
 

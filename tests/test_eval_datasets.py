@@ -322,10 +322,11 @@ def test_cli_runs_tasks_with_a_fake_loader(tmp_path: Path, monkeypatch: pytest.M
 
     assert main(["builtin", "--model", str(ckpt), "--root", str(root), "--output-dir", str(tmp_path / "o"),
                  "--no-progress"]) == 0
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["compositional.json", "retrieval.json",
-                                                                  "zeroshot.json"]
-    assert json.loads((tmp_path / "o" / "retrieval.json").read_text())["metrics"]["text_retrieval_recall@1"] == (
-        pytest.approx(2 / 3))
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [  # what `eval run` writes (test_eval_outputs.py)
+        "compositional_compositionality.json", "results.csv", "retrieval_retrieval.json",
+        "retrieval_retrieval_top5.png", "summary.md", "zeroshot_zeroshot.json"]
+    assert json.loads((tmp_path / "o" / "retrieval_retrieval.json").read_text())["metrics"][
+        "text_retrieval_recall@1"] == pytest.approx(2 / 3)
     assert main(["retrieval", "--model", str(ckpt), "--dataset", str(tmp_path / "none"), "--output", str(out)]) == 2
 
 

@@ -43,7 +43,7 @@ def test_torchrun_two_ranks_equal_one_process(shapes_dir, tmp_path, cli_env):
                       *data]  # with the retrieval grid: rank 0 draws it, no rank may wait on a collective
     two = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr
-    for name in ("zeroshot_zeroshot_classification.json", "retrieval_zeroshot_retrieval.json"):
+    for name in ("zeroshot_zeroshot.json", "retrieval_retrieval.json"):
         one_result = json.loads((tmp_path / "one" / name).read_text())
         two_result = json.loads((tmp_path / "two" / name).read_text())
         assert two_result["metrics"] == one_result["metrics"]

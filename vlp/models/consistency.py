@@ -31,7 +31,7 @@ class ModelMismatchError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{spec}: the checkpoint does not match the model built to evaluate it:\n{lines}\n"
-                         "fix the model config / tokenizer, or pass allow_mismatch=True to evaluate anyway "
+                         "fix the model config / tokenizer, or pass --allow-mismatch to evaluate anyway "
                          "(the problems are then recorded with the results)")
 
 
