@@ -13,6 +13,7 @@ counted as ``unreadable_image``.
 from __future__ import annotations
 
 import io
+import pickle
 import tarfile
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 def shard_paths(directory: str | Path) -> list[Path]:
     """The ``*.tar`` shards of ``directory`` in name order (raises when there are none)."""
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"--shards folder not found: {directory}")
     paths = sorted(Path(directory).glob("*.tar"))
     if not paths:
         raise FileNotFoundError(f"no *.tar shards in {directory}")
@@ -40,18 +43,21 @@ def iter_samples(paths: list[Path]) -> Iterator[dict[str, Any]]:
     """WebDataset samples as ``{"__key__": key, ext: raw bytes, ...}`` in shard and tar order."""
     for path in paths:
         current: dict[str, Any] = {}
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")  # webdataset: key ends at the basename's first dot
-                stem, _, ext = base.partition(".")
-                key = f"{folder}/{stem}" if folder else stem
-                if current and current["__key__"] != key:
-                    yield current
-                    current = {}
-                current["__key__"] = key
-                current[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    folder, _, base = member.name.rpartition("/")  # webdataset: key ends at the basename's first dot
+                    stem, _, ext = base.partition(".")
+                    key = f"{folder}/{stem}" if folder else stem
+                    if current and current["__key__"] != key:
+                        yield current
+                        current = {}
+                    current["__key__"] = key
+                    current[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        except (tarfile.TarError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable uncompressed tar shard ({err})") from None
         if current:
             yield current
 
@@ -138,7 +144,12 @@ def run_dedup(shards: str | Path, model: str | Path, output: str | Path, thresho
             raise FileExistsError(f"{out} already holds shards; pass --overwrite to replace them")
         for old in out.glob("*.tar"):
             old.unlink()
-    loaded = load_model(model, device=device)
+    try:
+        loaded = load_model(model, device=device)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as err:  # not a checkpoint of ours
+        why = "not a torch checkpoint file" if isinstance(err, (pickle.UnpicklingError, EOFError)) else \
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise ValueError(f"--model {model}: cannot load it as a vlp run directory or checkpoint ({why})") from None
     keys, emb, bad = embed_shards(paths, loaded, batch_size, device, progress)
     removed = near_duplicates(emb, threshold)
     drop = {keys[j] for j in removed} | set(bad)

@@ -23,7 +23,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--model", required=True, help="run directory or checkpoint file")
     p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity above which images are duplicates")
     p.add_argument("--output", required=True, help="output folder for the deduplicated shards")
-    p.add_argument("--shard-samples", type=int, default=10_000, help="most samples per output shard")
+    p.add_argument("--shard-samples", "--shard-size", type=int, default=10_000, dest="shard_samples",
+                   help="most samples per output shard (--shard-size is the same option)")
     p.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
     p.add_argument("--device", default="cpu", help="torch device for the model")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --output")
@@ -40,7 +41,7 @@ def _run_dedup(args: argparse.Namespace) -> int:
         stats = run_dedup(args.shards, args.model, args.output, args.threshold, shard_samples=args.shard_samples,
                           batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
                           progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:
         print(f"vlp-prep dedup: error: {err}", file=sys.stderr)
         return 2
     print(f"dedup: kept {stats['samples_written']} of {stats['input_samples']} samples, removed "

@@ -15,6 +15,10 @@ A rerun recomputes the plan, checks it against ``ingest.json`` (same options and
 records, else it stops), and writes only the shards without a done marker: a killed run resumes
 without duplicating or dropping a sample, and its shards are byte-identical to an uninterrupted
 run's. ``stats.json`` and ``sizes.json`` are rebuilt from all done markers at the end.
+
+A class-per-folder input (``imagefolder``) also gets ``classnames.txt`` (line i = class i) and a
+``cls`` member (the class index as text) in every sample. An ingest that writes no sample raises
+:class:`EmptyIngestError` saying, per input, what layout its format expects and what was found.
 """
 
 from __future__ import annotations
@@ -36,13 +40,15 @@ from tqdm import tqdm
 
 from data_prep.ingest_options import IngestOptions
 from data_prep.ingest_process import PlanEntry, Skip, encode_entry, inspect_record
-from data_prep.readers import Record, open_reader
-from data_prep.shard_writer import ShardWriter, encode_json, write_sizes_json
+from data_prep.readers import OpenedInput, Record, layout_mismatch, open_reader
+from data_prep.readers.base import LABEL_KEY
+from data_prep.shard_writer import ShardWriter, encode_json, write_sizes_json, write_text_atomic
 from vlp.utils.atomic import write_json_atomic
 
 STATE_DIR = "ingest_state"
 MANIFEST_NAME = "ingest.json"
 STATS_NAME = "stats.json"
+CLASSNAMES_NAME = "classnames.txt"
 # Reasons that are bad input (``--strict`` stops on them); the rest are filters the user chose.
 BAD_INPUT = frozenset({"missing_file", "missing_caption", "bad_row", "empty_file", "unreadable_image",
                        "truncated_image", "decompression_bomb", "caption_not_utf8", "caption_empty"})
@@ -50,6 +56,14 @@ BAD_INPUT = frozenset({"missing_file", "missing_caption", "bad_row", "empty_file
 
 class IngestError(RuntimeError):
     """A ``--strict`` failure or an output folder that belongs to a different ingest."""
+
+
+class EmptyIngestError(IngestError):
+    """The ingest wrote no sample; ``stats`` are the counts (also in stats.json)."""
+
+    def __init__(self, message: str, stats: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 @dataclass
@@ -62,12 +76,28 @@ class ShardTask:
     entries: list[PlanEntry]
 
 
-def read_records(opts: IngestOptions) -> list[Record]:
+def open_inputs(opts: IngestOptions) -> list[OpenedInput]:
+    """A reader for every input path, in order (errors name the path and the format)."""
+    return [open_reader(path, opts.format, image_column=opts.image_column, caption_column=opts.caption_column,
+                        image_root=opts.image_root, caption_template=opts.caption_template)
+            for path in opts.inputs]
+
+
+def shared_classnames(inputs: list[OpenedInput]) -> list[str] | None:
+    """The class names of the class-per-folder inputs (all must have the same), or None without any."""
+    lists = [(inp.path, inp.classnames) for inp in inputs if inp.classnames is not None]
+    for path, names in lists[1:]:
+        if names != lists[0][1]:
+            raise IngestError(f"class-per-folder inputs {lists[0][0]} and {path} have different classes "
+                              f"({lists[0][1]} vs {names}); labels would disagree, so ingest them separately")
+    return lists[0][1] if lists else None
+
+
+def read_records(opts: IngestOptions, inputs: list[OpenedInput] | None = None) -> list[Record]:
     """Every record of every input, in input order, shuffled with ``opts.seed`` when given."""
     records: list[Record] = []
-    for path in opts.inputs:
-        records.extend(open_reader(path, opts.format, image_column=opts.image_column,
-                                   caption_column=opts.caption_column, image_root=opts.image_root))
+    for opened in open_inputs(opts) if inputs is None else inputs:
+        records.extend(opened)
     if opts.seed is not None:
         random.Random(opts.seed).shuffle(records)
     return records
@@ -144,8 +174,11 @@ def _samples(task: ShardTask, opts: IngestOptions, skipped: Counter) -> Iterator
         data, (width, height) = result
         meta = {"source_id": entry.source_id, "original_width": entry.width, "original_height": entry.height,
                 "width": width, "height": height, "captions": entry.captions, **entry.meta}
-        yield {"__key__": f"{task.first + offset:09d}", opts.image_format: data,
-               "txt": entry.captions[0], "json": encode_json(meta)}
+        sample = {"__key__": f"{task.first + offset:09d}", opts.image_format: data,
+                  "txt": entry.captions[0], "json": encode_json(meta)}
+        if LABEL_KEY in entry.meta:
+            sample["cls"] = str(entry.meta[LABEL_KEY])
+        yield sample
 
 
 def write_shard(task: ShardTask, opts: IngestOptions) -> dict[str, Any]:
@@ -196,7 +229,7 @@ def clear_output(out: Path, opts: IngestOptions) -> None:
     glob = re.sub(r"%0?\d*d", "*", opts.pattern)
     for path in [*out.glob(glob), *out.glob(f".{glob}.*.tmp"), *(out / STATE_DIR).glob("*.json")]:
         path.unlink()
-    for name in (MANIFEST_NAME, STATS_NAME, "sizes.json"):
+    for name in (MANIFEST_NAME, STATS_NAME, CLASSNAMES_NAME, "sizes.json"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -208,7 +241,9 @@ def run_ingest(opts: IngestOptions, *, overwrite: bool = False, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         clear_output(out, opts)
-    records = read_records(opts)
+    inputs = open_inputs(opts)
+    classnames = shared_classnames(inputs)
+    records = read_records(opts, inputs)
     with _mapper(opts.workers) as imap:
         entries, skipped, dropped = make_plan(records, opts, imap, progress)
         tasks = assign_shards(entries, opts)
@@ -226,7 +261,11 @@ def run_ingest(opts: IngestOptions, *, overwrite: bool = False, progress: bool =
         skipped.update(state["skipped"])
     sizes = {name: s["written"] for name, s in states.items() if s["written"]}
     write_sizes_json(out, sizes)
+    if classnames is not None:
+        write_text_atomic(out / CLASSNAMES_NAME, "".join(f"{name}\n" for name in classnames))
     stats = {
+        "inputs": [{"path": str(inp.path), "format": inp.format} for inp in inputs],
+        "classes": len(classnames) if classnames is not None else None,
         "input_records": len(records),
         "samples_written": sum(sizes.values()),
         "skipped": dict(sorted(skipped.items())),
@@ -240,4 +279,18 @@ def run_ingest(opts: IngestOptions, *, overwrite: bool = False, progress: bool =
         "options": opts.fingerprint(),
     }
     write_json_atomic(out / STATS_NAME, stats)
+    if not stats["samples_written"]:
+        raise EmptyIngestError(empty_message(inputs, stats), stats)
     return stats
+
+
+def empty_message(inputs: list[OpenedInput], stats: dict[str, Any]) -> str:
+    """Why nothing was written: the skip counts, then per input the layout expected and what was found."""
+    skipped = ", ".join(f"{k}={v}" for k, v in stats["skipped"].items()) or "none"
+    lines = [f"wrote 0 samples from {stats['input_records']} input records (skipped: {skipped})"]
+    for inp in inputs:
+        lines.append(f"  {inp.path}: read as {inp.format}; {layout_mismatch(inp.path, inp.format)}")
+        if inp.format == "folder" and stats["skipped"].get("missing_caption"):
+            lines.append("  (a class-per-folder tree without captions reads as imagefolder: DIR/<class>/*.jpg, "
+                         "no .txt anywhere, or pass --format imagefolder)")
+    return "\n".join(lines)

@@ -5,28 +5,36 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data_prep.readers.detect import FORMATS
+from data_prep.readers.imagefolder import DEFAULT_TEMPLATE
+
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the ``ingest`` sub-command."""
     p = sub.add_parser(
         "ingest",
-        help="convert image folders, tables, JSONL, COCO or img2dataset output into shards",
+        help="convert image folders, class folders, tables, JSONL, COCO or img2dataset output into shards",
         description=(
             "Read image-caption records, filter and resize them, and write WebDataset shards "
             "(key.jpg|webp, key.txt, key.json) with sizes.json and stats.json. Bad records are "
             "skipped and counted by reason (--strict: fail on the first). Rerunning with the same "
-            "arguments resumes: complete shards are kept, missing ones written."
+            "arguments resumes: complete shards are kept, missing ones written. A class-per-folder "
+            "tree (DIR/cat/*.jpg, no .txt captions) is captioned from --caption-template, keeps its label "
+            "as key.cls and writes classnames.txt. An ingest that writes no sample exits with status 1."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--input", action="append", required=True, dest="inputs",
-                   help="input path (repeatable): image folder, .csv/.tsv/.parquet, .jsonl, COCO .json, "
-                        "or an img2dataset folder of .tar shards")
+                   help="input path (repeatable): image folder with .txt captions, class-per-folder image tree, "
+                        ".csv/.tsv/.parquet, .jsonl, COCO .json, or an img2dataset folder of .tar shards")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--format", default="auto", choices=("auto", "folder", "table", "jsonl", "coco", "img2dataset"),
-                   help="input reader (auto: from the path)")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="input reader (auto: from the path; a folder without any .txt whose images are in "
+                        "sub-folders is imagefolder, another folder is folder)")
     p.add_argument("--image-column", default="image", help="table/JSONL image path column")
     p.add_argument("--caption-column", default="caption", help="table/JSONL caption column")
+    p.add_argument("--caption-template", default=DEFAULT_TEMPLATE,
+                   help="imagefolder caption; '{}' is the class name (underscores read as spaces)")
     p.add_argument("--image-root", default=None, help="folder relative image paths start from (COCO: the images)")
     p.add_argument("--resize", type=int, default=0, help="target side in pixels (0: keep size)")
     p.add_argument("--resize-mode", default="shorter", choices=("shorter", "longer"),
@@ -39,7 +47,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--min-caption-chars", type=int, default=1, help="drop captions shorter than this")
     p.add_argument("--max-caption-chars", type=int, default=0, help="drop captions longer than this (0: no limit)")
     p.add_argument("--dedup", action="store_true", help="drop exact duplicate images (same bytes); keep the first")
-    p.add_argument("--shard-samples", type=int, default=10_000, help="most samples per shard")
+    p.add_argument("--shard-samples", "--shard-size", type=int, default=10_000, dest="shard_samples",
+                   help="most samples per shard (--shard-size is the same option)")
     p.add_argument("--shard-bytes", type=int, default=0, help="also cap a shard's estimated bytes (0: off)")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=None, help="shuffle records with this seed (default: input order)")
@@ -52,12 +61,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
-    from data_prep.ingest import IngestError, run_ingest
+    from data_prep.ingest import EmptyIngestError, IngestError, run_ingest
     from data_prep.ingest_options import DEFAULT_MAX_PIXELS, IngestOptions
 
     opts = IngestOptions(
         inputs=args.inputs, output=args.output, format=args.format, image_column=args.image_column,
-        caption_column=args.caption_column, image_root=args.image_root, resize=args.resize,
+        caption_column=args.caption_column, image_root=args.image_root,
+        caption_template=args.caption_template, resize=args.resize,
         resize_mode=args.resize_mode, upscale=args.upscale, image_format=args.image_format,
         quality=args.quality, min_size=args.min_size, max_aspect_ratio=args.max_aspect_ratio,
         min_caption_chars=args.min_caption_chars, max_caption_chars=args.max_caption_chars,
@@ -67,9 +77,16 @@ def _run_ingest(args: argparse.Namespace) -> int:
     )
     try:
         stats = run_ingest(opts, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, IngestError) as err:
+    except EmptyIngestError as err:
+        print(f"vlp-prep ingest: error: {err}\n(stats: {args.output}/stats.json)", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, IngestError) as err:
         print(f"vlp-prep ingest: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, IngestError) else 1
+    for inp in stats["inputs"]:
+        print(f"input {inp['path']}: read as {inp['format']}")
+    if stats["classes"] is not None:
+        print(f"classes: {stats['classes']} (label i = line i of {args.output}/classnames.txt)")
     skipped = ", ".join(f"{k}={v}" for k, v in stats["skipped"].items()) or "none"
     print(f"ingest: {stats['samples_written']} samples in {stats['shards']} shards "
           f"({stats['shards_reused']} reused), {stats['bytes']} bytes, {stats['seconds']} s; "

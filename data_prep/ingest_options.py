@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from data_prep.readers import FORMATS
+from data_prep.readers.imagefolder import DEFAULT_TEMPLATE, check_template
 
 RESIZE_MODES = ("shorter", "longer")
 IMAGE_FORMATS = ("jpg", "webp")
@@ -19,10 +20,11 @@ class IngestOptions:
 
     inputs: list[str] = field(default_factory=list)  # input paths (folder, table, jsonl, coco json, img2dataset dir)
     output: str = ""  # output folder for shards, sizes.json, stats.json
-    format: str = "auto"  # reader: auto | folder | table | jsonl | coco | img2dataset
+    format: str = "auto"  # reader: auto | folder | imagefolder | table | jsonl | coco | img2dataset
     image_column: str = "image"  # table/jsonl field holding the image path (or bytes in Parquet)
     caption_column: str = "caption"  # table/jsonl field holding the caption (a list is allowed in jsonl)
     image_root: str | None = None  # folder that relative image paths start from (default: the input's folder)
+    caption_template: str = DEFAULT_TEMPLATE  # imagefolder caption; '{}' is the class name
     resize: int = 0  # target side in pixels for --resize-mode (0: keep the original size)
     resize_mode: str = "shorter"  # which side --resize sets: shorter | longer (aspect ratio is kept)
     upscale: bool = False  # also enlarge images smaller than --resize (default: only shrink)
@@ -64,6 +66,7 @@ class IngestOptions:
             raise ValueError("max_caption_chars must be >= min_caption_chars")
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        check_template(self.caption_template)
         if "%" not in self.pattern or not self.pattern.endswith(".tar"):
             raise ValueError(f"pattern must hold a %-index and end in .tar, got {self.pattern!r}")
 
@@ -72,4 +75,6 @@ class IngestOptions:
         out = asdict(self)
         for name in ("workers", "strict", "output"):
             out.pop(name)
+        if self.caption_template == DEFAULT_TEMPLATE:  # keeps ingest.json of earlier versions resumable
+            out.pop("caption_template")
         return out

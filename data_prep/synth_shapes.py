@@ -180,7 +180,7 @@ class SynthShapesConfig:
         for name, ok in checks.items():
             if not ok:
                 minimum = 16 if name == "image_size" else (0 if name == "seed" else 1)
-                flag = "--" + name.replace("_", "-")
+                flag = "--shard-samples" if name == "shard_size" else "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be >= {minimum}, got {getattr(self, name)}")
 
 

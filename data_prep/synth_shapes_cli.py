@@ -23,7 +23,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--train-samples", type=int, required=True, help="number of training images")
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
     p.add_argument("--image-size", type=int, default=96, help="image side in pixels")
-    p.add_argument("--shard-size", type=int, default=2000, help="max samples per shard (train and eval)")
+    p.add_argument("--shard-samples", "--shard-size", type=int, default=2000, dest="shard_samples",
+                   help="most samples per shard, train and eval (--shard-size is the same option)")
     p.add_argument(
         "--zeroshot-per-class", type=int, default=40, help="zero-shot images per class (16 classes)"
     )
@@ -46,7 +47,7 @@ def _run_synth_shapes(args: argparse.Namespace) -> int:
         train_samples=args.train_samples,
         seed=args.seed,
         image_size=args.image_size,
-        shard_size=args.shard_size,
+        shard_size=args.shard_samples,
         zeroshot_per_class=args.zeroshot_per_class,
         retrieval_samples=args.retrieval_samples,
         compositional_samples=args.compositional_samples,
@@ -57,7 +58,9 @@ def _run_synth_shapes(args: argparse.Namespace) -> int:
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         run(cfg, workers=args.workers, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, OSError) as err:
+        if isinstance(err, OSError) and err.filename:
+            err = OSError(f"cannot write under --out {args.out}: {err.strerror}: {err.filename}")
         print(f"vlp-prep synth-shapes: error: {err}", file=sys.stderr)
         return 2
     return 0

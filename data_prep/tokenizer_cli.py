@@ -25,7 +25,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char", "word"])
     p.add_argument("--character-coverage", type=float, default=1.0, help="share of characters covered")
     p.add_argument("--hard-vocab-limit", action="store_true",
-                   help="fail when the captions cannot fill --vocab-size (default: a smaller model)")
+                   help="SentencePiece's hard limit: fail when the captions cannot fill --vocab-size "
+                        "(default: a smaller model and a warning with the size reached)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1, writing no model, when the captions cannot fill --vocab-size")
     p.add_argument("--threads", type=int, default=1, help="trainer threads")
     p.set_defaults(func=_run_tokenizer)
 
@@ -35,32 +38,45 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from data_prep.tokenizer_train import CaptionStats, iter_captions, train_sentencepiece
+    from data_prep.tokenizer_train import CaptionStats, VocabTooSmallError, iter_captions, train_sentencepiece
     from vlp.data.shards import expand_shards
     from vlp.utils.atomic import write_json_atomic
 
     start = time.time()
+    stats = CaptionStats()
     try:
         if not args.out.endswith(".model"):
             raise ValueError(f"--out must end with .model, got {args.out}")
         urls = expand_shards(args.shards)
-        stats = CaptionStats()
         captions = tqdm(iter_captions(urls, stats), desc="captions", unit=" cap", file=sys.stderr,
                         disable=not sys.stderr.isatty())
         pieces = train_sentencepiece(captions, args.out, args.vocab_size, model_type=args.model_type,
                                      character_coverage=args.character_coverage,
-                                     hard_vocab_limit=args.hard_vocab_limit, threads=args.threads)
+                                     hard_vocab_limit=args.hard_vocab_limit, threads=args.threads,
+                                     require_full=args.strict)
+    except VocabTooSmallError as err:
+        print(f"vlp-prep tokenizer: error: {err}; no model written", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        if isinstance(err, RuntimeError) and stats.shards and stats.captions == 0:
+            err = ValueError(f"the {stats.shards} shard(s) in {args.shards} hold no captions "
+                             f"({stats.samples} samples, none with a .txt or a json 'captions' list)")
         print(f"vlp-prep tokenizer: error: {err}", file=sys.stderr)
         return 2
     if stats.captions == 0:
         print("vlp-prep tokenizer: error: the shards hold no captions", file=sys.stderr)
         return 2
+    short = pieces < args.vocab_size
+    if short:
+        print(f"vlp-prep tokenizer: warning: trained {pieces} pieces, fewer than the requested --vocab-size "
+              f"{args.vocab_size}: the captions cannot fill it (--strict makes this an error)", file=sys.stderr)
     summary = {"model": args.out, "pieces": pieces, "vocab_size_requested": args.vocab_size,
+               "vocab_size_reached": pieces, "vocab_size_filled": not short,
                "model_vocab_size": pieces + 3, "shards": stats.shards, "samples": stats.samples,
                "captions": stats.captions, "samples_without_caption": stats.samples_without_caption,
                "seconds": round(time.time() - start, 2)}
     write_json_atomic(args.out + ".json", summary)
-    print(f"trained {pieces} pieces on {stats.captions} captions from {stats.samples} samples in "
+    requested = f" of the {args.vocab_size} requested" if short else ""
+    print(f"trained {pieces} pieces{requested} on {stats.captions} captions from {stats.samples} samples in "
           f"{stats.shards} shard(s) -> {args.out} (text tower vocab_size {pieces + 3})")
     return 0

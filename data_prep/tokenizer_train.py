@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List
@@ -31,20 +32,24 @@ def iter_shard_samples(path: str) -> Iterator[Dict[str, Any]]:
     Members of one sample are consecutive in a WebDataset shard; a member without a field
     (no '.') is not part of any sample and is skipped."""
     current: Dict[str, Any] = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = split_member_name(member.name)
-            if not ext:
-                continue
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            if not current:
-                current["__key__"] = key
-            handle = tar.extractfile(member)
-            current[ext] = handle.read() if handle is not None else b""
+    try:
+        with tarfile.open(path, "r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = split_member_name(member.name)
+                if not ext:
+                    continue
+                if current and current["__key__"] != key:
+                    yield current
+                    current = {}
+                if not current:
+                    current["__key__"] = key
+                handle = tar.extractfile(member)
+                current[ext] = handle.read() if handle is not None else b""
+    except (tarfile.TarError, EOFError) as err:
+        detail = str(err).splitlines()[-1].replace("- method tar: ", "") if str(err) else type(err).__name__
+        raise ValueError(f"{path}: not a readable tar shard ({detail})") from None
     if current:
         yield current
 
@@ -65,6 +70,15 @@ def sample_captions(sample: Dict[str, Any]) -> List[str]:
         if isinstance(listed, list):
             captions += [c.strip() for c in listed if isinstance(c, str) and c.strip() and c.strip() not in captions]
     return captions
+
+
+class VocabTooSmallError(ValueError):
+    """The captions cannot fill the requested vocabulary: ``reached`` pieces of ``requested``."""
+
+    def __init__(self, reached: int, requested: int) -> None:
+        super().__init__(f"the captions fill only {reached} pieces, fewer than the requested --vocab-size "
+                         f"{requested}; use more captions or a --vocab-size <= {reached}")
+        self.reached, self.requested = reached, requested
 
 
 @dataclass
@@ -96,24 +110,36 @@ def iter_captions(urls: Iterable[str], stats: CaptionStats) -> Iterator[str]:
 def train_sentencepiece(captions: Iterable[str], out: str | os.PathLike, vocab_size: int, *,
                         model_type: str = "unigram", character_coverage: float = 1.0,
                         hard_vocab_limit: bool = False, threads: int = 1, seed_sentencepiece_size: int = 1_000_000,
-                        ) -> int:
+                        require_full: bool = False) -> int:
     """Train a SentencePiece model on ``captions`` and write it atomically to ``out``.
 
     The model has an unknown piece (id 0) but no bos/eos/pad: vlp's tokenizer adds its own start
     and end tokens at the top of the vocabulary. With ``hard_vocab_limit=False`` a corpus too small
-    for ``vocab_size`` yields a smaller model instead of an error. Returns the pieces in the model.
+    for ``vocab_size`` yields a smaller model instead of an error (the caller compares the returned
+    size with ``vocab_size``); with ``hard_vocab_limit`` or ``require_full`` it raises
+    :class:`VocabTooSmallError` naming the size reached, and writes nothing. Returns the pieces in
+    the model (the unknown piece included, as in ``vocab_size``).
     """
     import sentencepiece as spm
 
     if vocab_size < 4:
         raise ValueError(f"vocab_size must be >= 4, got {vocab_size}")
     buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions), model_writer=buffer, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=character_coverage, hard_vocab_limit=hard_vocab_limit, num_threads=threads,
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, seed_sentencepiece_size=seed_sentencepiece_size,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(captions), model_writer=buffer, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, hard_vocab_limit=hard_vocab_limit, num_threads=threads,
+            unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, seed_sentencepiece_size=seed_sentencepiece_size,
+            minloglevel=2,
+        )
+    except RuntimeError as err:  # hard limit: "Vocabulary size too high (8000). Please set it to a value <= 44."
+        most = re.search(r"Vocabulary size too high.*<= (\d+)", str(err))
+        if most is None:  # drop the "INTERNAL: src/file.cc(123) [check] " prefix of SentencePiece's errors
+            raise RuntimeError("SentencePiece: " + re.sub(r"^\w+: \S+\(\d+\) \[.*?\] ", "", str(err))) from None
+        raise VocabTooSmallError(int(most.group(1)), vocab_size) from None
     proto = buffer.getvalue()
+    pieces = int(spm.SentencePieceProcessor(model_proto=proto).get_piece_size())
+    if require_full and pieces < vocab_size:
+        raise VocabTooSmallError(pieces, vocab_size)
     write_bytes_atomic(out, proto)
-    return int(spm.SentencePieceProcessor(model_proto=proto).get_piece_size())
+    return pieces

@@ -104,3 +104,22 @@ def test_near_duplicates_keeps_first_and_breaks_chains() -> None:
     emb = np.array([unit(0), unit(11), unit(22), unit(23), unit(90)], dtype=np.float32)
     assert near_duplicates(emb, 0.95) == {1: 0, 3: 2}
     assert near_duplicates(np.zeros((0, 2), np.float32), 0.95) == {}
+
+
+def test_shard_size_is_the_same_option_as_shard_samples(tmp_path: Path) -> None:
+    shards, run = _shards(tmp_path / "shards"), _checkpoint(tmp_path)
+    for flag in ("--shard-samples", "--shard-size"):
+        assert prep_main(["dedup", "--shards", str(shards), "--model", str(run), "--output", str(tmp_path / flag),
+                          flag, "3", "--no-progress"]) == 0
+    sizes = json.loads((tmp_path / "--shard-size" / "sizes.json").read_text())
+    assert sizes == {"shard-000000.tar": 3, "shard-000001.tar": 3, "shard-000002.tar": 2}
+    assert sizes == json.loads((tmp_path / "--shard-samples" / "sizes.json").read_text())
+    assert _members(tmp_path / "--shard-size") == _members(tmp_path / "--shard-samples")
+
+
+def test_a_shard_that_is_not_a_tar_is_named(tmp_path: Path, capsys) -> None:
+    shards, run = _shards(tmp_path / "shards"), _checkpoint(tmp_path)
+    (shards / "in-009.tar").write_bytes(b"not a tar" * 100)
+    code = prep_main(["dedup", "--shards", str(shards), "--model", str(run), "--output", str(tmp_path / "out"),
+                      "--no-progress"])
+    assert code == 2 and f"{shards / 'in-009.tar'}: not a readable uncompressed tar shard" in capsys.readouterr().err

@@ -1,47 +1,81 @@
 """Ingest readers: one module per input format, each an iterable of :class:`Record`.
 
-:func:`open_reader` picks a reader from ``format`` or, with ``"auto"``, from the input: a folder
-holding ``*.tar`` files is img2dataset output, another folder is image + ``.txt`` pairs,
-``.csv``/``.tsv``/``.parquet`` are tables, ``.jsonl`` is JSON Lines, ``.json`` is COCO captions.
+:func:`open_reader` picks a reader from ``format`` or, with ``"auto"``, from the input (the rule
+is :func:`~data_prep.readers.detect.detect_format`): a folder holding ``*.tar`` files is
+img2dataset output, a folder of class sub-folders without any ``.txt`` is ``imagefolder``,
+another folder is image + ``.txt`` pairs, ``.csv``/``.tsv``/``.parquet`` are tables, ``.jsonl`` is
+JSON Lines, ``.json`` is COCO captions. Whatever a reader fails on (a file of another format, a
+missing column, a broken tar) is raised as :class:`ReaderError` naming the file, the format
+tried, what that format expects, and what the path holds with its detected format.
 """
 
 from __future__ import annotations
 
+import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from data_prep.readers.base import ByteRange, ImageSource, Reader, Record, read_image_bytes
+from data_prep.readers.base import ByteRange, ImageSource, Reader, ReaderError, Record, read_image_bytes
+from data_prep.readers.detect import DIRECTORY_FORMATS, FORMATS, LAYOUTS, describe_found, detect_format
+from data_prep.readers.imagefolder import DEFAULT_TEMPLATE
 
-FORMATS: tuple[str, ...] = ("auto", "folder", "table", "jsonl", "coco", "img2dataset")
-
-
-def detect_format(path: str | Path) -> str:
-    """The reader name for ``path`` (see the module doc); raises ValueError when unknown."""
-    path = Path(path)
-    if path.is_dir():
-        return "img2dataset" if any(path.glob("*.tar")) else "folder"
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".parquet"):
-        return "table"
-    if suffix == ".jsonl":
-        return "jsonl"
-    if suffix == ".json":
-        return "coco"
-    if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
-    raise ValueError(f"cannot tell the format of {path}; pass --format, one of {', '.join(FORMATS[1:])}")
+# What a reader raises on input it cannot parse (JSON/CSV/Arrow errors are ValueErrors, a bad tar
+# a TarError, a malformed COCO entry a KeyError or TypeError).
+READ_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError, tarfile.TarError)
 
 
-def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "image",
-                caption_column: str = "caption", image_root: str | Path | None = None) -> Reader:
-    """A reader over ``path`` (options apply where the format has them)."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown input format {format!r}; choose one of {', '.join(FORMATS)}")
-    if format == "auto":
-        format = detect_format(path)
+def layout_mismatch(path: str | Path, format: str) -> str:
+    """``FORMAT expects LAYOUT; found WHAT IS THERE (detected format: X)`` plus a ``--format`` hint
+    when the detected format is another one."""
+    try:
+        detected: str | None = detect_format(path)
+    except (ValueError, OSError):
+        detected = None
+    hint = f"; try --format {detected}" if detected and detected != format else ""
+    return f"{format} expects {LAYOUTS[format]}; found {describe_found(path)}{hint}"
+
+
+def reader_error(path: str | Path, format: str, cause: BaseException | str) -> ReaderError:
+    """A :class:`ReaderError`: ``path`` could not be read as ``format`` because of ``cause``."""
+    why = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+    why = why.replace(f"{path}: ", "", 1)  # the path leads the message already
+    return ReaderError(f"{path}: cannot read as {format} ({why}); {layout_mismatch(path, format)}")
+
+
+@dataclass
+class OpenedInput:
+    """One input path, the format it is read as, and its reader; iterating it yields the
+    reader's records and turns a parse failure into a :class:`ReaderError`."""
+
+    path: Path
+    format: str
+    reader: Reader
+
+    @property
+    def classnames(self) -> list[str] | None:
+        """The class names of a class-per-folder input (label i = line i), else None."""
+        return getattr(self.reader, "classnames", None)
+
+    def __iter__(self) -> Iterator[Record]:
+        try:
+            yield from self.reader
+        except ReaderError:
+            raise
+        except READ_ERRORS as err:
+            raise reader_error(self.path, self.format, err) from err
+
+
+def _construct(path: Path, format: str, image_column: str, caption_column: str,
+               image_root: str | Path | None, caption_template: str) -> Reader:
     if format == "folder":
         from data_prep.readers.folder import FolderReader
 
         return FolderReader(path)
+    if format == "imagefolder":
+        from data_prep.readers.imagefolder import ImageFolderReader
+
+        return ImageFolderReader(path, template=caption_template)
     if format == "table":
         from data_prep.readers.table import TableReader
 
@@ -56,8 +90,27 @@ def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "
         return CocoReader(path, image_root)
     from data_prep.readers.img2dataset import Img2DatasetReader
 
+    if not any(path.glob("*.tar")):
+        raise reader_error(path, format, "no *.tar shards in it")
     return Img2DatasetReader(path)
 
 
-__all__ = ["FORMATS", "ByteRange", "ImageSource", "Reader", "Record", "detect_format", "open_reader",
-           "read_image_bytes"]
+def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "image",
+                caption_column: str = "caption", image_root: str | Path | None = None,
+                caption_template: str = DEFAULT_TEMPLATE) -> OpenedInput:
+    """A reader over ``path`` (options apply where the format has them)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown input format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    if format == "auto":
+        format = detect_format(path)
+    elif not path.exists():
+        raise FileNotFoundError(f"input not found: {path} (--format {format} expects {LAYOUTS[format]})")
+    if path.is_dir() != (format in DIRECTORY_FORMATS):
+        raise reader_error(path, format, f"it is a {'directory' if path.is_dir() else 'file'}")
+    reader = _construct(path, format, image_column, caption_column, image_root, caption_template)
+    return OpenedInput(path, format, reader)
+
+
+__all__ = ["FORMATS", "LAYOUTS", "ByteRange", "ImageSource", "OpenedInput", "Reader", "ReaderError", "Record",
+           "describe_found", "detect_format", "layout_mismatch", "open_reader", "read_image_bytes", "reader_error"]

@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Union
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Meta key of a record's integer class label (class-per-folder input); ingest writes it as ``cls``.
+LABEL_KEY = "label"
+
+
+class ReaderError(ValueError):
+    """An input a reader cannot read; the message names the file, the format tried and the
+    format detected from the path."""
 
 
 @dataclass(frozen=True)

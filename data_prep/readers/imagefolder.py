@@ -1,0 +1,56 @@
+"""Reader: a class-per-folder image tree without captions (``root/cat/1.jpg``, ``root/dog/2.png``),
+the layout of torchvision's ``ImageFolder`` and of Hugging Face's ``imagefolder``.
+
+Classes are the non-hidden sub-folders of ``root`` that hold at least one image, sorted by name
+(:attr:`ImageFolderReader.classnames`); a class's index is its position in that list, as in
+``ImageFolder``. Images below a class folder (at any depth) are visited in sorted path order.
+Each record's caption is ``template`` with ``{}`` replaced by the class name, underscores read as
+spaces (``golden_retriever`` -> ``a photo of a golden retriever.``); its meta holds ``label`` (the
+index) and ``classname`` (the folder name). An image directly in ``root`` has no class and is
+yielded with error ``missing_caption``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from data_prep.readers.base import IMAGE_EXTENSIONS, LABEL_KEY, Record
+from data_prep.readers.detect import class_folders
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def check_template(template: str) -> str:
+    """``template`` when it holds exactly one ``{}`` placeholder, else ValueError."""
+    if template.count("{}") != 1:
+        raise ValueError(f"--caption-template must hold one '{{}}' for the class name, got {template!r}")
+    return template
+
+
+def class_caption(template: str, classname: str) -> str:
+    """The caption of an image of class ``classname`` (underscores read as spaces)."""
+    return template.replace("{}", classname.replace("_", " "))
+
+
+class ImageFolderReader:
+    """Images of class sub-folders of ``root`` as records captioned from ``template``."""
+
+    def __init__(self, root: str | Path, *, template: str = DEFAULT_TEMPLATE) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"input folder not found: {self.root}")
+        self.template = check_template(template)
+        self.classnames: list[str] = class_folders(self.root)
+
+    def __iter__(self) -> Iterator[Record]:
+        for path in sorted(p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+            yield Record(path.name, str(path), [], {}, error="missing_caption")
+        for label, name in enumerate(self.classnames):
+            folder = self.root / name
+            images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+            caption = class_caption(self.template, name)
+            for path in images:
+                yield Record(str(path.relative_to(self.root)), str(path), [caption],
+                             {LABEL_KEY: label, "classname": name})
