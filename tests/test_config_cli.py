@@ -7,7 +7,6 @@ import typing
 import pytest
 
 from vlp.config import Config, ConfigError, config_from_yaml, load_config
-from vlp.config_docs import field_docs, iter_keys
 from vlp.train import cli
 
 TINY = "configs/tiny.yaml"
@@ -42,6 +41,8 @@ def test_string_fields_keep_the_text_as_typed():
 
 
 def test_every_key_has_a_doc_and_help_lists_each_with_type_and_default(capsys):
+    from vlp.config_docs import iter_keys
+
     with pytest.raises(SystemExit) as stop:
         cli.main(["--help"])
     assert stop.value.code == 0
@@ -58,6 +59,8 @@ def test_every_key_has_a_doc_and_help_lists_each_with_type_and_default(capsys):
 
 
 def test_each_section_dataclass_field_is_documented():
+    from vlp.config_docs import field_docs
+
     def classes(tp, seen):
         tp = typing.get_args(tp)[0] if typing.get_origin(tp) in (list, typing.Union) else tp
         if dataclasses.is_dataclass(tp) and tp not in seen:

@@ -10,7 +10,6 @@ import torch
 from vlp.config import load_config
 from vlp.train import cli, engine
 from vlp.train.checkpoint import load_checkpoint
-from vlp.train.resume import ResumeError, check_resumable, config_differences
 
 SMALL = [
     "model.arch.vision_cfg.image_size=32", "model.arch.vision_cfg.width=32", "model.arch.vision_cfg.head_width=16",
@@ -109,6 +108,8 @@ def test_starting_over_keeps_the_old_run_aside(shapes_dir, tmp_path, capsys):
 
 
 def test_world_size_and_precision_spellings_in_the_check(shapes_dir, tmp_path):
+    from vlp.train.resume import ResumeError, check_resumable, config_differences
+
     saved = _cfg(shapes_dir, tmp_path, "train.precision=no")
     assert config_differences(saved, _cfg(shapes_dir, tmp_path, "train.precision=fp32", "train.steps=9")) == []
     with pytest.raises(ResumeError, match=r"world size \(processes\): 2 -> 1"):
