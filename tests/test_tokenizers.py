@@ -1,5 +1,6 @@
-"""Tokenizers: SentencePiece round trip and training CLI, HF from a local directory, vocabulary
-size of the text tower, end token as each row's argmax (pooling and trimming)."""
+"""Tokenizers: SentencePiece round trip and training CLI, HF from a local directory (its own ids),
+vocabulary size of the text tower, pooling at the end token (argmax for SentencePiece, the first
+end token for HF ids) and trimming."""
 
 from __future__ import annotations
 
@@ -40,17 +41,23 @@ def sp_model(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _save_word_level(directory: Path, framed: bool = True) -> Path:
+    """A WordLevel tokenizer over the caption words; ``framed``: a post-processor adds [CLS] ... [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(_captions(), trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
-    directory = tmp_path_factory.mktemp("hf")
+    tok.train_from_iterator(_captions(), trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[CLS]", "[SEP]"]))
+    if framed:
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    return _save_word_level(tmp_path_factory.mktemp("hf"))
 
 
 def test_sentencepiece_round_trip_start_end_and_truncation(sp_model: Path) -> None:
@@ -76,17 +83,40 @@ def test_tokenizers_pickle_and_rebuild_identically(sp_model: Path, hf_dir: Path)
         assert torch.equal(clone(captions), tok(captions))
 
 
-def test_hf_tokenizer_from_local_directory(hf_dir: Path) -> None:
+def test_hf_tokenizer_from_local_directory_keeps_its_own_ids(hf_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
     tok = build_tokenizer(f"hf:{hf_dir}", 12)
     words = sorted({w for c in _captions() for w in c.split()})
-    assert tok.vocab_size == len(words) + 2 + 3  # words + [UNK] [PAD] + pad/start/end
-    tokens = tok(["a red cube above a blue ball", "zebra"])
-    assert tokens[0, :9].tolist()[0] == tok.sot_id and tokens[0, 8] == tok.eot_id
+    assert tok.vocab_size == len(words) + 4  # words + [UNK] [PAD] [CLS] [SEP]: no id added or shifted
+    assert (tok.pad_id, tok.sot_id, tok.eot_id) == (1, 2, 3)
+    tokens = tok(["a red cube above a blue ball", "zebra", "  a\tred   cube "])
+    hf = AutoTokenizer.from_pretrained(str(hf_dir))
+    assert tokens[0].tolist() == hf("a red cube above a blue ball", padding="max_length", max_length=12)["input_ids"]
+    assert tokens[0, :9].tolist()[0] == 2 and tokens[0, 8] == 3 and (tokens[0, 9:] == 1).all()
     assert tok.decode(tokens[0]) == "a red cube above a blue ball"
-    assert tokens[1, :3].tolist() == [tok.sot_id, 1, tok.eot_id]  # [UNK] is HF id 0 -> 1
-    assert int(tokens.max()) == tok.vocab_size - 1
+    assert tokens[1, :3].tolist() == [2, 0, 3]  # [UNK] keeps its HF id 0
+    assert tokens[2, :5].tolist() == tokens[0, :4].tolist() + [3]  # whitespace cleaned as open_clip does
     with pytest.raises(FileNotFoundError, match="not found: /nonexistent/tok"):
         build_tokenizer("hf:/nonexistent/tok", 8)
+
+
+def test_open_clip_tower_with_hf_ids_pools_at_the_end_token_or_says_why_not(hf_dir: Path, tmp_path: Path) -> None:
+    from vlp.models.factory import model_arch
+
+    text_cfg = model_arch(ModelConfig(arch=TINY_ARCH, tokenizer=f"hf:{hf_dir}"))["text_cfg"]
+    assert (text_cfg["pool_type"], text_cfg["eos_id"], text_cfg["pad_id"]) == ("eos", 3, 1)
+    bare = _save_word_level(tmp_path / "bare", framed=False)
+    with pytest.raises(ValueError, match="puts no end token after a text"):
+        model_arch(ModelConfig(arch=TINY_ARCH, tokenizer=f"hf:{bare}"))
+    argmax = {**TINY_ARCH, "text_cfg": {**TINY_ARCH["text_cfg"], "pool_type": "argmax"}}
+    with pytest.raises(ValueError, match="pool_type 'argmax' pools at the largest id"):
+        model_arch(ModelConfig(arch=argmax, tokenizer=f"hf:{hf_dir}"))
+
+
+def test_sentencepiece_cleans_text_as_open_clip_does(sp_model: Path) -> None:
+    tok = SentencePieceTokenizer(sp_model, 16)
+    assert torch.equal(tok(["a red &amp; blue\n cube "]), tok(["a red & blue cube"]))
 
 
 def test_model_vocab_size_follows_tokenizer(sp_model: Path, hf_dir: Path) -> None:
@@ -109,7 +139,9 @@ def test_config_rejects_bad_tokenizer_specs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sentencepiece", "hf"])
-def test_argmax_pools_end_token_and_trimming_equals_full_forward(kind: str, sp_model: Path, hf_dir: Path) -> None:
+def test_tower_pools_end_token_and_trimming_equals_full_forward(kind: str, sp_model: Path, hf_dir: Path) -> None:
+    from open_clip.transformer import text_global_pool
+
     spec = f"sentencepiece:{sp_model}" if kind == "sentencepiece" else f"hf:{hf_dir}"
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=TINY_ARCH, tokenizer=spec)).double().eval()
@@ -117,7 +149,10 @@ def test_argmax_pools_end_token_and_trimming_equals_full_forward(kind: str, sp_m
     captions = ["a red cube", "a blue ball left of a green cone next to a star", "a ring", "cube"]
     tokens = tok(captions)
     end_positions = torch.tensor([int((row == tok.eot_id).nonzero()[0]) for row in tokens])
-    assert torch.equal(tokens.argmax(dim=-1), end_positions)
+    assert model.clip.text_pool_type == ("argmax" if kind == "sentencepiece" else "eos")
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens).unsqueeze(-1)  # which position the tower pools
+    pooled = text_global_pool(positions, tokens, model.clip.text_pool_type, eos_token_id=model.clip.text_eos_id)
+    assert torch.equal(pooled.squeeze(-1), end_positions)
     assert end_positions.tolist()[1] == model.context_length - 1  # truncated: end token last
     assert len(set(end_positions.tolist())) > 1  # trimming actually shortens the batch
     assert torch.allclose(model.encode_text(tokens), F.normalize(model.clip.encode_text(tokens), dim=-1), atol=1e-12)

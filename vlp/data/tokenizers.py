@@ -2,28 +2,44 @@
 
 ``model.tokenizer`` names one of:
 
-- ``open_clip``: the BPE shipped in open_clip's wheel (end-of-text 49407, the largest id);
+- ``open_clip``: the BPE shipped in open_clip's wheel;
 - ``hf:DIR``: a Hugging Face tokenizer saved in the local directory DIR (never downloaded);
 - ``sentencepiece:FILE.model``: a SentencePiece model file (``python -m data_prep tokenizer``).
 
-Every row is ``[start, tok..., end, 0, 0, ...]``; a caption longer than the context is truncated
-and its last position is still the end token. open_clip's text tower pools the feature at
-``text.argmax(-1)`` (and DualEncoder trims the batch to the last such position), so the end token
-must be the largest id of each row. For the HF and SentencePiece tokenizers the ids are remapped
-to guarantee it: 0 is padding, the wrapped tokenizer's id ``i`` becomes ``i + 1``, the start
-token is ``vocab_size - 2`` and the end token ``vocab_size - 1``; ``vocab_size`` (wrapped size
-+ 3) is what the text tower's embedding table must hold.
+The id scheme of each (what a row of the text tower's token embedding stands for):
+
+- ``open_clip``: open_clip's SimpleTokenizer, ``[49406, tok..., 49407, 0, ...]``. The end token
+  49407 is the largest id of every row, where open_clip's text tower pools (``pool_type='argmax'``).
+- ``hf:DIR``: exactly the ids ``open_clip.tokenizer.HFTokenizer(DIR)`` emits (the tokenizer
+  ``open_clip.get_tokenizer`` builds for a config with ``text_cfg.hf_tokenizer_name``): the text
+  cleaned as open_clip cleans it (``clean='whitespace'``), then the tokenizer's own ids with its
+  own special tokens (``[CLS] ... [SEP]``, ``<s> ... </s>``), truncated to the context and padded
+  with its own pad id. No id is shifted: an HF text tower (``text_cfg.hf_model_name``) reads its
+  pretrained embeddings at these rows, and the export's tokenizer is a copy of DIR's. With
+  open_clip's own text tower the end token is not the largest id, so the tower pools at its first
+  occurrence (``pool_type='eos'``, ``eos_id``; causal, so the padding after it changes nothing), as
+  open_clip's MetaCLIP-worldwide configs do; ``vlp.models.factory.model_arch`` sets this.
+- ``sentencepiece:FILE``: the text cleaned the same way, then ``[start, tok..., end, 0, 0, ...]``:
+  0 is padding, the model's piece ``i`` is id ``i + 1``, start is ``N + 1`` and end ``N + 2``
+  for a model of N pieces, so the text tower holds ``N + 3`` rows and the end token is each row's
+  largest id (argmax pooling, as for open_clip's BPE). A SentencePiece model has no pad/start/end
+  of its own (``data_prep`` trains it without), hence the framing; ``vlp.export`` writes this
+  exact scheme as a Hugging Face tokenizer that ``open_clip.get_tokenizer('local-dir:...')`` loads.
+
+A caption longer than the context is truncated and its last position is still the end token.
 """
 
 from __future__ import annotations
 
-import abc
 import os
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from vlp.config import ConfigError
+
 Tokenizer = Callable[[List[str]], torch.Tensor]
+Texts = Union[str, Sequence[str]]
 
 OPEN_CLIP_VOCAB_SIZE = 49408
 TOKENIZER_FORMS = "open_clip, hf:DIR (a local Hugging Face tokenizer), sentencepiece:FILE.model"
@@ -39,23 +55,43 @@ def parse_tokenizer_spec(spec: str) -> Tuple[str, Optional[str]]:
     raise ValueError(f"unknown tokenizer {spec!r}; valid forms: {TOKENIZER_FORMS}")
 
 
-class _RemappedTokenizer(abc.ABC):
-    """Shared framing for wrapped tokenizers: shift ids by one, add start/end at the top of the vocabulary."""
+def clean_text(text: str) -> str:
+    """The cleaning open_clip's HFTokenizer applies by default (``clean='whitespace'``): ftfy and
+    HTML unescaping, every run of whitespace made one space, stripped."""
+    from open_clip.tokenizer import get_clean_fn
 
-    base_size: int
+    return get_clean_fn("whitespace")(text)
 
-    def __init__(self, context_length: int) -> None:
+
+def _as_list(texts: Texts) -> List[str]:
+    return [texts] if isinstance(texts, str) else [str(t) for t in texts]
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model file in the remapped scheme of the module docstring; pickles as the
+    model's bytes, so DataLoader workers need no file."""
+
+    def __init__(self, path: Union[str, os.PathLike], context_length: int) -> None:
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (start and end tokens), got {context_length}")
         self.context_length = int(context_length)
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"sentencepiece model file not found: {self.path}")
+        with open(self.path, "rb") as f:
+            self._load(f.read())
 
-    @abc.abstractmethod
-    def _encode_ids(self, texts: Sequence[str]) -> List[List[int]]:
-        """Texts -> the wrapped tokenizer's ids, without special tokens."""
+    def _load(self, proto: bytes) -> None:
+        import sentencepiece as spm
 
-    @abc.abstractmethod
-    def _decode_ids(self, ids: List[int]) -> str:
-        """The wrapped tokenizer's ids -> text."""
+        self._proto = proto
+        self._sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.base_size = int(self._sp.get_piece_size())
+
+    @property
+    def model_proto(self) -> bytes:
+        """The SentencePiece model file's bytes."""
+        return self._proto
 
     @property
     def vocab_size(self) -> int:
@@ -73,12 +109,11 @@ class _RemappedTokenizer(abc.ABC):
     def eot_id(self) -> int:
         return self.base_size + 2
 
-    def __call__(self, texts: Union[str, Sequence[str]], context_length: Optional[int] = None) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
+    def __call__(self, texts: Texts, context_length: Optional[int] = None) -> torch.Tensor:
+        texts = _as_list(texts)
         length = int(context_length or self.context_length)
         out = torch.zeros(len(texts), length, dtype=torch.long)
-        for row, ids in enumerate(self._encode_ids([str(t) for t in texts])):
+        for row, ids in enumerate(self._sp.encode([clean_text(t) for t in texts], out_type=int)):
             tokens = [self.sot_id] + [i + 1 for i in ids[: length - 2]] + [self.eot_id]
             out[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return out
@@ -86,32 +121,7 @@ class _RemappedTokenizer(abc.ABC):
     def decode(self, tokens: Union[torch.Tensor, Sequence[int]]) -> str:
         """The text of one row of ids (padding, start and end tokens dropped)."""
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-        return self._decode_ids([i - 1 for i in ids if 0 < i <= self.base_size])
-
-
-class SentencePieceTokenizer(_RemappedTokenizer):
-    """A SentencePiece model file; pickles as the model's bytes, so DataLoader workers need no file."""
-
-    def __init__(self, path: Union[str, os.PathLike], context_length: int) -> None:
-        super().__init__(context_length)
-        self.path = str(path)
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"sentencepiece model file not found: {self.path}")
-        with open(self.path, "rb") as f:
-            self._load(f.read())
-
-    def _load(self, proto: bytes) -> None:
-        import sentencepiece as spm
-
-        self._proto = proto
-        self._sp = spm.SentencePieceProcessor(model_proto=proto)
-        self.base_size = int(self._sp.get_piece_size())
-
-    def _encode_ids(self, texts: Sequence[str]) -> List[List[int]]:
-        return self._sp.encode(list(texts), out_type=int)
-
-    def _decode_ids(self, ids: List[int]) -> str:
-        return self._sp.decode(ids)
+        return self._sp.decode([i - 1 for i in ids if 0 < i <= self.base_size])
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "context_length": self.context_length, "proto": self._proto}
@@ -121,28 +131,40 @@ class SentencePieceTokenizer(_RemappedTokenizer):
         self._load(state["proto"])
 
 
-class HFTokenizer(_RemappedTokenizer):
-    """A Hugging Face tokenizer from a local directory (``local_files_only``: never downloads)."""
+class HFTokenizer:
+    """A Hugging Face tokenizer from a local directory (``local_files_only``: never downloads),
+    emitting exactly what ``open_clip.tokenizer.HFTokenizer`` emits for it (module docstring).
+
+    ``pad_id``, ``sot_id`` and ``eot_id`` are the ids the tokenizer pads with and puts before and
+    after a text (None where it adds none); ``tokenizer`` is the transformers tokenizer."""
 
     def __init__(self, directory: Union[str, os.PathLike], context_length: int) -> None:
-        super().__init__(context_length)
+        self.context_length = int(context_length)
         self.directory = str(directory)
         if not os.path.isdir(self.directory):
             raise FileNotFoundError(f"Hugging Face tokenizer directory not found: {self.directory}")
         self._load()
 
     def _load(self) -> None:
-        from transformers import AutoTokenizer
+        from open_clip.tokenizer import HFTokenizer as OpenCLIPHFTokenizer
 
-        self._tok = AutoTokenizer.from_pretrained(self.directory, local_files_only=True)
-        vocab = self._tok.get_vocab()  # includes added tokens
-        self.base_size = max(len(self._tok), max(vocab.values(), default=-1) + 1)
+        self._open_clip = OpenCLIPHFTokenizer(self.directory, context_length=self.context_length,
+                                              local_files_only=True)
+        self.tokenizer = tok = self._open_clip.tokenizer
+        if tok.pad_token_id is None:
+            raise ConfigError(f"hf:{self.directory}: the tokenizer has no pad token, so texts cannot be padded to "
+                             "the context length; set tokenizer.pad_token (e.g. to its end token) and save it again")
+        vocab = tok.get_vocab()  # includes added tokens
+        self.vocab_size = max(len(tok), max(vocab.values(), default=-1) + 1)
+        self.pad_id = int(tok.pad_token_id)
+        self.sot_id, self.eot_id = _framing(tok)
 
-    def _encode_ids(self, texts: Sequence[str]) -> List[List[int]]:
-        return self._tok(list(texts), add_special_tokens=False)["input_ids"]
+    def __call__(self, texts: Texts, context_length: Optional[int] = None) -> torch.Tensor:
+        return self._open_clip(_as_list(texts), int(context_length or self.context_length)).long()
 
-    def _decode_ids(self, ids: List[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+    def decode(self, tokens: Union[torch.Tensor, Sequence[int]]) -> str:
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def __getstate__(self) -> dict:
         return {"directory": self.directory, "context_length": self.context_length}
@@ -150,6 +172,17 @@ class HFTokenizer(_RemappedTokenizer):
     def __setstate__(self, state: dict) -> None:
         self.directory, self.context_length = state["directory"], state["context_length"]
         self._load()
+
+
+def _framing(tok) -> Tuple[Optional[int], Optional[int]]:
+    """(the id a transformers tokenizer puts before a text, the id it puts after it); None for none."""
+    framed = list(tok("a photo")["input_ids"])
+    plain = list(tok("a photo", add_special_tokens=False)["input_ids"])
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start:start + len(plain)] == plain:
+            before, after = framed[:start], framed[start + len(plain):]
+            return (before[0] if before else None), (after[-1] if after else None)
+    return None, None
 
 
 def build_tokenizer(name: str, context_length: int) -> Tokenizer:

@@ -1,7 +1,12 @@
-"""``vlp-export``: write a trained model in a format other tools load.
+"""``vlp-export``: write a trained model in a format other tools load, with its tokenizer.
 
     vlp-export --model runs/tiny --format open_clip --output exported/tiny-open_clip
     vlp-export --model runs/tiny --format safetensors --output exported/tiny.safetensors
+
+An 'hf:DIR' or 'sentencepiece:FILE' tokenizer travels with the export: open_clip's folder holds it
+as a Hugging Face tokenizer (open_clip.get_tokenizer('local-dir:DIR') gives the ids vlp trained
+with), a safetensors file gets a folder NAME-text beside it. A tokenizer the format cannot express
+is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -28,15 +33,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         model, cfg, source = load_model_and_config(args.model)
-    except (FileNotFoundError, ValueError) as err:
+        if args.format == "open_clip":
+            out = export_open_clip(model, Path(args.output), tokenizer=cfg.model.tokenizer)
+            print(f"exported {source} -> {out} (open_clip.create_model_and_transforms('local-dir:{out}'), "
+                  f"open_clip.get_tokenizer('local-dir:{out}'))")
+        else:
+            out = export_safetensors(model, Path(args.output), config_to_yaml(cfg))
+            print(f"exported {source} -> {out}")
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # TokenizerExportError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.format == "open_clip":
-        out = export_open_clip(model, Path(args.output))
-        print(f"exported {source} -> {out} (open_clip.create_model_and_transforms('local-dir:{out}'))")
-    else:
-        out = export_safetensors(model, Path(args.output), config_to_yaml(cfg))
-        print(f"exported {source} -> {out}")
     return 0
 
 

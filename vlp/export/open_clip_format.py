@@ -1,19 +1,31 @@
 """Export to open_clip's local-directory format and to a plain safetensors file.
 
-open_clip: a directory with ``open_clip_config.json`` ({"model_cfg", "preprocess_cfg"}) and
-``open_clip_model.safetensors`` that ``open_clip.create_model_and_transforms('local-dir:DIR')``
-loads with no network. safetensors: our state dict with the resolved config in the metadata.
+open_clip: a directory with ``open_clip_config.json`` ({"model_cfg", "preprocess_cfg"}),
+``open_clip_model.safetensors`` and the tokenizer's files (``vlp.export.text_files``) that
+``open_clip.create_model_and_transforms('local-dir:DIR')`` and ``open_clip.get_tokenizer('local-dir:DIR')``
+load with no network. safetensors: our state dict with the resolved config in the metadata and,
+for an 'hf:DIR' / 'sentencepiece:FILE' tokenizer or an HF text tower, a folder ``NAME-text``
+beside the file with their files. A tokenizer the target cannot express is refused before anything
+is written; the output appears whole or not at all (built in a hidden folder, then renamed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, Iterator
 
 import torch
+from omegaconf import OmegaConf
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
+from vlp.data.tokenizers import build_tokenizer, parse_tokenizer_spec
+from vlp.export.text_files import check_open_clip_tokenizer, open_clip_text_files, safetensors_text_files
 from vlp.models.dual_encoder import DualEncoder
 from vlp.utils.atomic import atomic_path, write_json_atomic
 
@@ -31,28 +43,95 @@ def _save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: Path, metad
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def export_open_clip(model: DualEncoder, out_dir: Path) -> Path:
-    """Write an open_clip local-dir model to ``out_dir``; returns the directory."""
+def _check_replaceable(out_dir: Path, marker: str) -> None:
+    """``out_dir`` is new, empty, or an earlier export (it holds ``marker``), which is replaced."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--output {out_dir} is a file; name a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
+        raise FileExistsError(f"--output {out_dir} is a folder that is not an earlier export (no {marker}); "
+                              "name a new or empty folder")
+
+
+@contextlib.contextmanager
+def _staged_dir(out_dir: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out_dir`` that replaces it when the block succeeds (removed if it fails)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield stage
+        stage.chmod(0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            out_dir.replace(old / out_dir.name)
+            stage.replace(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            stage.replace(out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def export_open_clip(model: DualEncoder, out_dir: Path, tokenizer: str = "open_clip") -> Path:
+    """Write an open_clip local-dir model with tokenizer ``tokenizer`` (a ``model.tokenizer`` value)
+    to ``out_dir``; returns the directory. TokenizerExportError / FileExistsError before any write."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg = dict(model.arch)
+    _check_replaceable(out_dir, OPEN_CLIP_CONFIG)
+    model_cfg = json.loads(json.dumps(model.arch))  # a deep copy
+    text_cfg = model_cfg.setdefault("text_cfg", {})
+    files = open_clip_text_files(tokenizer, model.context_length, text_cfg)
     model_cfg["quick_gelu"] = bool(getattr(model, "quick_gelu", False))  # open_clip reloads the same activation
     if model.clip.logit_bias is not None:  # open_clip creates the bias parameter only when told to
         model_cfg["init_logit_bias"] = float(model.clip.logit_bias.detach())
+    home = str(out_dir.resolve())
+    if text_cfg.get("hf_model_name"):  # built from the config.json copied here; the weights are in the export
+        text_cfg.update(hf_model_name=home, hf_model_pretrained=False)
+    has_tokenizer = parse_tokenizer_spec(tokenizer)[0] != "open_clip"
+    if has_tokenizer:  # any value: open_clip reads a local-dir's tokenizer from the dir itself
+        text_cfg.update(hf_tokenizer_name=home, context_length=model.context_length)
     config = {
         "model_cfg": model_cfg,
         "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }
-    _save_safetensors_atomic(open_clip_state_dict(model), out_dir / OPEN_CLIP_WEIGHTS, {"format": "pt"})
-    write_json_atomic(out_dir / OPEN_CLIP_CONFIG, config, sort_keys=False)
+    with _staged_dir(out_dir) as stage:
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
+        write_json_atomic(stage / OPEN_CLIP_CONFIG, config, sort_keys=False)
+        if has_tokenizer:
+            check_open_clip_tokenizer(stage, build_tokenizer(tokenizer, model.context_length), tokenizer)
+        _save_safetensors_atomic(open_clip_state_dict(model), stage / OPEN_CLIP_WEIGHTS, {"format": "pt"})
     return out_dir
 
 
+def text_folder(path: Path) -> Path:
+    """The folder beside a safetensors export that holds its text files: ``NAME-text``."""
+    return path.with_name(f"{path.stem}-text")
+
+
 def export_safetensors(model: DualEncoder, path: Path, config_yaml: str) -> Path:
-    """Write our state dict as safetensors with the resolved config YAML in the metadata."""
+    """Write our state dict as safetensors with the resolved config YAML in the metadata, and the
+    tokenizer / HF text tower files in :func:`text_folder` (their paths and sha256 in the metadata)."""
     path = Path(path)
+    conf = OmegaConf.create(config_yaml)
+    folder = text_folder(path)
+    files, entries = safetensors_text_files(str(conf.model.tokenizer), model.arch.get("text_cfg", {}), folder.name)
+    metadata = {"format": "pt"}
+    if files:
+        _check_replaceable(folder, ".vlp-text")
+        if "tokenizer" in entries:
+            conf.model.tokenizer = entries["tokenizer"]
+        if "hf_model_name" in entries:
+            arch: Any = json.loads(json.dumps(model.arch))
+            arch["text_cfg"].update(hf_model_name=entries["hf_model_name"], hf_model_pretrained=False)
+            conf.model.arch = arch
+        metadata["vlp_text_files"] = json.dumps({name: hashlib.sha256(data).hexdigest()
+                                                 for name, data in sorted(files.items())})
+        with _staged_dir(folder) as stage:
+            (stage / ".vlp-text").write_text(f"text files of {path.name} (vlp-export)\n")
+            for name, data in files.items():
+                (stage / Path(name).relative_to(folder.name)).write_bytes(data)
+    metadata["vlp_config"] = OmegaConf.to_yaml(conf) if files else config_yaml
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _save_safetensors_atomic(tensors, path, {"format": "pt", "vlp_config": config_yaml})
+    _save_safetensors_atomic(tensors, path, metadata)
     return path

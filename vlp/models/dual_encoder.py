@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import open_clip
@@ -39,7 +40,10 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.arch = resolve_arch(arch)
         kwargs = {k: v for k, v in self.arch.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
-        if "custom_text" in self.arch or "hf_model_name" in self.arch.get("text_cfg", {}):
+        text_cfg = self.arch.get("text_cfg", {})
+        if text_cfg.get("hf_model_name"):
+            check_local_hf_model(str(text_cfg["hf_model_name"]), bool(text_cfg.get("hf_model_pretrained", True)))
+        if "custom_text" in self.arch or "hf_model_name" in text_cfg:
             model_class = open_clip.CustomTextCLIP
         else:
             model_class = open_clip.CLIP
@@ -60,14 +64,15 @@ class DualEncoder(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return int(self.arch["text_cfg"].get("vocab_size", 49408))
+        """The text tower's token-embedding rows (an HF tower's own ``config.vocab_size``)."""
+        return int(self.clip.vocab_size)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = image_features(self.clip, image)  # open_clip's forward, or its exact inference path
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = encode_text_trimmed(self.clip, text) if can_trim_text(self.clip) else self.clip.encode_text(text)
+        features = text_features(self.clip, text)
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, neg_text: Optional[torch.Tensor] = None,
@@ -97,29 +102,77 @@ class DualEncoder(nn.Module):
         self.clip.logit_scale.clamp_(0.0, self.max_log_scale)
 
 
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+def check_local_hf_model(name: str, pretrained: bool) -> None:
+    """An HF text tower comes from a local folder only (open_clip would download a hub name);
+    with ``hf_model_pretrained`` the folder must hold weights."""
+    folder = Path(name)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"text_cfg.hf_model_name: {name} is not a local folder with a config.json (vlp never "
+                                "downloads: save the transformers model with save_pretrained and name its folder)")
+    if pretrained and not any((folder / f).is_file() for f in HF_WEIGHT_FILES):
+        raise FileNotFoundError(f"text_cfg.hf_model_name: {name} holds no weights ({', '.join(HF_WEIGHT_FILES[::2])}); "
+                                "set text_cfg.hf_model_pretrained: false to start the HF text tower from random init")
+
+
+def text_features(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text(text)`` (not normalised), computed on the batch cut after its last real
+    token wherever that gives the same features: open_clip's causal tower pooled at the end token
+    (:func:`encode_text_trimmed`) and HF towers (padding is masked out of their attention)."""
+    if can_trim_text(clip):
+        return encode_text_trimmed(clip, text)
+    length = hf_text_length(clip, text)
+    return clip.encode_text(text if length is None else text[:, :length])
+
+
+def hf_text_length(clip: nn.Module, text: torch.Tensor) -> Optional[int]:
+    """For an HF text tower, the position after the batch's last non-pad token (the tower masks
+    pad tokens out of attention and pooling, and positions count from the left, so the padding
+    after it changes nothing); None for other towers."""
+    from open_clip.hf_model import HFTextEncoder
+
+    tower = getattr(clip, "text", None)
+    pad = getattr(getattr(tower, "config", None), "pad_token_id", None)
+    if not isinstance(tower, HFTextEncoder) or pad is None or text.numel() == 0:
+        return None
+    positions = torch.arange(1, text.shape[1] + 1, device=text.device).expand_as(text)
+    return max(int((positions * (text != pad)).max()), 1)
+
+
+def text_pool_positions(text: torch.Tensor, pool_type: str, eos_id: Optional[int]) -> torch.Tensor:
+    """[B] the position open_clip's ``text_global_pool`` takes for 'argmax' (the largest id) or
+    'eos' (the first ``eos_id``; position 0 for a row without one)."""
+    if pool_type == "eos":
+        return (text == eos_id).int().argmax(dim=-1)
+    return text.argmax(dim=-1)
+
+
 def can_trim_text(clip: nn.Module) -> bool:
-    """True when ``clip``'s text tower is open_clip's causal transformer pooled at the argmax
-    token, so :func:`encode_text_trimmed` gives its exact features."""
+    """True when ``clip``'s text tower is open_clip's causal transformer pooled at the end token
+    ('argmax' or 'eos'), so :func:`encode_text_trimmed` gives its exact features."""
     return (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None
-            and clip.text_pool_type == "argmax" and not getattr(clip.transformer, "grad_checkpointing", False))
+            and clip.text_pool_type in ("argmax", "eos") and not getattr(clip.transformer, "grad_checkpointing", False))
 
 
 def encode_text_trimmed(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
-    """open_clip's text features, running the tower only up to the batch's last end-of-text token.
+    """open_clip's text features, running the tower only up to the batch's last pooled (end) token.
 
     With a causal mask, a position never attends to later ones, so the padding after the
     longest caption cannot change any pooled (end-of-text) feature: the result equals the
     full-context forward, at the cost of the real caption lengths instead of the context
     length (web captions average ~15 BPE tokens against a context of 77).
     """
-    length = int(text.argmax(dim=-1).max().item()) + 1
+    pooled = text_pool_positions(text, clip.text_pool_type, getattr(clip, "text_eos_id", None))
+    length = int(pooled.max().item()) + 1
     text = text[:, :length]
     cast_dtype = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
     x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
     x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+    x = x[torch.arange(x.shape[0], device=x.device), pooled]
     if clip.text_projection is None:
         return x
     return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
-

@@ -33,7 +33,7 @@ from torch import nn
 
 from vlp.models.consistency import (Declaration, ModelMismatchError, activation_notes, check_model_consistency,
                                     finish_loading, name_declares_quick_gelu, pretrained_tag_declarations)
-from vlp.models.loading import LoadedModel
+from vlp.models.loading import LoadedModel, find_hf_text_config
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +147,9 @@ def load_eval_model(spec: str | Path, device: str = "cpu", model_config: Optiona
 # ---------------------------------------------------------------- ours
 
 def _build_vlp(cfg: Any, state: Mapping[str, torch.Tensor]) -> nn.Module:
-    from vlp.models.dual_encoder import DualEncoder
-    from vlp.models.factory import load_weights, model_arch
+    from vlp.models.factory import load_weights, model_for_checkpoint
 
-    model = DualEncoder(model_arch(cfg.model), init_logit_scale=cfg.model.init_logit_scale,
-                        max_logit_scale=cfg.model.max_logit_scale, quick_gelu=cfg.model.quick_gelu,
-                        init_logit_bias=cfg.model.init_logit_bias)
+    model = model_for_checkpoint(cfg.model)
     load_weights(model, state)
     return model.eval()
 
@@ -164,7 +161,9 @@ def _load_vlp(path: Path, device: str, quick_gelu: Optional[bool], allow_mismatc
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        cfg = config_from_yaml(_safetensors_metadata(path)["vlp_config"])
+        from vlp.models.loading import vlp_safetensors_config
+
+        cfg = config_from_yaml(vlp_safetensors_config(path, _safetensors_metadata(path)))
         model, source = _build_vlp(cfg, load_file(str(path))), path
     else:
         model, cfg, source = load_model_and_config(path)
@@ -180,7 +179,7 @@ def _load_vlp(path: Path, device: str, quick_gelu: Optional[bool], allow_mismatc
     loaded = wrap_model(model.to(device), cfg, name=str(source))
     text, _ = _open_clip_text(model.clip)
     problems = check_model_consistency(loaded.tokenizer, declared_activation=declared, built_quick_gelu=built,
-                                       **_open_clip_text_facts(text))
+                                       **_open_clip_text_facts(text, model.clip))
     return finish_loading(loaded, path, problems, activation_notes(declared, built), allow_mismatch)
 
 
@@ -199,11 +198,10 @@ class OpenCLIPEncoder(nn.Module):
         return F.normalize(image_features(self.clip, image), dim=-1)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        from vlp.models.dual_encoder import can_trim_text, encode_text_trimmed
+        from vlp.models.dual_encoder import text_features
 
-        # exact: the causal text tower runs only up to the batch's last end-of-text token
-        features = encode_text_trimmed(self.clip, text) if can_trim_text(self.clip) else self.clip.encode_text(text)
-        return F.normalize(features, dim=-1)
+        # exact: the text tower runs only up to the batch's last end-of-text (causal) or non-pad (HF) token
+        return F.normalize(text_features(self.clip, text), dim=-1)
 
 
 def _open_clip_text(clip: nn.Module) -> Tuple[Optional[nn.Module], str]:
@@ -216,10 +214,15 @@ def _open_clip_text(clip: nn.Module) -> Tuple[Optional[nn.Module], str]:
     return None, ""
 
 
-def _open_clip_text_facts(text: Optional[nn.Module]) -> Dict[str, Any]:
-    """The built text tower's side of check_model_consistency's arguments."""
+def _open_clip_text_facts(text: Optional[nn.Module], clip: Optional[nn.Module] = None) -> Dict[str, Any]:
+    """The built text tower's side of check_model_consistency's arguments (for an HF text tower
+    of ``clip``, its token-embedding rows only)."""
     if text is None:
-        return {"text_pool": "none"}
+        hf = getattr(clip, "text", None)
+        embeddings = getattr(getattr(hf, "transformer", None), "get_input_embeddings", None)
+        if embeddings is None:
+            return {"text_pool": "none"}
+        return {"text_pool": "none", "model_token_rows": int(embeddings().weight.shape[0])}
     pool = getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax"))
     return {"model_position_rows": int(text.positional_embedding.shape[0]),
             "model_context_length": int(text.context_length),
@@ -299,6 +302,7 @@ def _load_open_clip(path: Path, kind: str, device: str, model_config: Any, quick
                                                if k in tag_cfg}}
     built = bool(model_cfg.get("quick_gelu", False)) if quick_gelu is None else bool(quick_gelu)
     model_cfg["quick_gelu"] = built
+    find_hf_text_config(model_cfg, directory)
 
     with tempfile.TemporaryDirectory() as tmp:  # open_clip builds a config dict only from a local-dir
         (Path(tmp) / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
@@ -311,10 +315,11 @@ def _load_open_clip(path: Path, kind: str, device: str, model_config: Any, quick
                     f"local-dir:{tmp}", device="cpu", pretrained_image=False, pretrained_text=False)
         finally:
             logging.getLogger().removeFilter(quiet)
-        tokenizer_dir = directory if kind == "open_clip_dir" and model_config is None else Path(tmp)
+        # the config read from the folder: its tokenizer files (text_cfg.hf_tokenizer_name) lie there too
+        tokenizer_dir = directory if sidecar is not None and model_config is None else Path(tmp)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{tokenizer_dir}")
     text, prefix = _open_clip_text(model)
-    facts = _open_clip_text_facts(text)
+    facts = _open_clip_text_facts(text, model)
     if text is not None:
         facts["checkpoint_position_rows"] = _rows(state, prefix + "positional_embedding")
         facts["checkpoint_token_rows"] = _rows(state, prefix + "token_embedding.weight")

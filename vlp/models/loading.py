@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import torch
 from PIL import Image
@@ -13,7 +15,7 @@ from vlp.config import Config, config_from_yaml
 from vlp.data.tokenizers import build_tokenizer
 from vlp.data.transforms import eval_transform
 from vlp.models.dual_encoder import DualEncoder
-from vlp.models.factory import load_weights, model_arch
+from vlp.models.factory import load_weights, model_for_checkpoint
 
 
 @dataclass
@@ -53,11 +55,53 @@ def load_model_and_config(path: str | Path) -> Tuple[DualEncoder, Config, Path]:
     if "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{ckpt_path} is not a vlp checkpoint (no config/model entries)")
     cfg = config_from_yaml(ckpt["config"])
-    model = DualEncoder(model_arch(cfg.model), init_logit_scale=cfg.model.init_logit_scale,
-                        max_logit_scale=cfg.model.max_logit_scale, quick_gelu=cfg.model.quick_gelu,
-                        init_logit_bias=cfg.model.init_logit_bias)
+    model = model_for_checkpoint(cfg.model)
     load_weights(model, ckpt["model"])
     return model.eval(), cfg, ckpt_path
+
+
+def vlp_safetensors_config(path: Path, metadata: Mapping[str, str]) -> str:
+    """The config YAML of a vlp safetensors export (``vlp.export``) with its text files (tokenizer,
+    HF text tower config; listed with their sha256 in ``vlp_text_files``, relative to the file's
+    folder) checked and their paths in ``model.tokenizer`` / ``hf_model_name`` made absolute."""
+    from omegaconf import DictConfig, OmegaConf
+
+    text = metadata["vlp_config"]
+    listed = json.loads(metadata.get("vlp_text_files", "{}"))
+    home = Path(path).resolve().parent
+    for name, digest in listed.items():
+        file = home / name
+        if not file.is_file():
+            raise FileNotFoundError(f"{path}: its text file {file} is missing (vlp-export writes the folder beside "
+                                    "the .safetensors file; copy them together)")
+        if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            raise ValueError(f"{path}: {file} is not the file exported with it (its sha256 differs)")
+    if not listed:
+        return text
+    conf = OmegaConf.create(text)
+    kind, sep, where = str(conf.model.tokenizer).partition(":")
+    if sep and kind in ("hf", "sentencepiece") and not Path(where).is_absolute():
+        conf.model.tokenizer = f"{kind}:{home / where}"
+    text_cfg = conf.model.arch.get("text_cfg") if isinstance(conf.model.arch, DictConfig) else None
+    name = text_cfg.get("hf_model_name") if text_cfg is not None else None
+    if name and not Path(str(name)).is_absolute():
+        text_cfg.hf_model_name = str(home / str(name))
+    return OmegaConf.to_yaml(conf)
+
+
+def find_hf_text_config(model_cfg: Dict[str, Any], directory: Path) -> None:
+    """An open_clip model config's HF text tower ``hf_model_name`` that is no local folder (an
+    export that was moved) becomes ``directory`` when that holds the HF ``config.json``
+    (``vlp.export`` writes it there); any other is a clear error (open_clip would download a hub name)."""
+    from vlp.models.dual_encoder import check_local_hf_model
+
+    text_cfg = model_cfg.get("text_cfg", {})
+    name = text_cfg.get("hf_model_name")
+    if not name:
+        return
+    if not (Path(str(name)) / "config.json").is_file() and (Path(directory) / "config.json").is_file():
+        text_cfg["hf_model_name"] = name = str(directory)
+    check_local_hf_model(str(name), pretrained=False)  # the checkpoint holds the weights
 
 
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
