@@ -77,10 +77,10 @@ def encode_images(
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
-def token_lengths(tokens: torch.Tensor) -> torch.Tensor:
-    """[B] position of the last non-zero token + 1 (the real length before padding)."""
+def token_lengths(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """[B] position of the last non-padding token + 1 (the real length before padding)."""
     positions = torch.arange(1, tokens.shape[1] + 1).expand_as(tokens)
-    return (positions * (tokens != 0)).max(dim=1).values
+    return (positions * (tokens != pad_id)).max(dim=1).values
 
 
 def length_batches(sorted_lengths: Sequence[int], batch_size: int, max_padding: float = 0.1) -> list[slice]:
@@ -119,7 +119,7 @@ def encode_texts(
     if not len(texts):
         return torch.zeros(0, 0)
     tokens = tokenizer(list(texts))
-    lengths = token_lengths(tokens)
+    lengths = token_lengths(tokens, int(getattr(tokenizer, "pad_id", 0) or 0))  # HF tokenizers pad with their own id
     order = torch.argsort(lengths, stable=True)
     chunks = [_normalised(model.encode_text(tokens[order[batch]].to(device)))
               for batch in length_batches(lengths[order].tolist(), batch_size)]

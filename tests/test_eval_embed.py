@@ -54,3 +54,10 @@ def test_encode_texts_equals_each_text_alone_in_input_order():
         got = encode_texts(model, tokenizer, texts, batch_size=16)
         alone = torch.cat([F.normalize(clip.encode_text(tokenizer([t])), dim=-1) for t in texts])
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+def test_token_lengths_count_up_to_the_last_non_padding_id():
+    # RoBERTa-style rows padded with id 1 (0 is its start token): lengths 3, 5, 1
+    tokens = torch.tensor([[0, 7, 2, 1, 1], [0, 7, 8, 9, 2], [0, 1, 1, 1, 1]])
+    assert token_lengths(tokens, pad_id=1).tolist() == [3, 5, 1]
+    assert token_lengths(torch.tensor([[5, 6, 0, 0], [5, 0, 0, 0]])).tolist() == [2, 1]
