@@ -118,7 +118,7 @@ class ModelConfig:
     arch: Any = "ViT-B-32"
     """open_clip architecture: a model config name (open_clip.list_models()) or a dict {embed_dim, vision_cfg, text_cfg}."""
     tokenizer: str = "open_clip"
-    """Text tokenizer: 'open_clip' (the BPE in open_clip's wheel), 'hf:DIR' (a local Hugging Face tokenizer directory) or 'sentencepiece:FILE.model'; the last two set the text tower's vocab_size."""
+    """Text tokenizer: 'open_clip' (the BPE in open_clip's wheel), 'hf:DIR' (a local Hugging Face tokenizer directory: its own ids, open_clip's tower pools at its end token) or 'sentencepiece:FILE.model'; the last two set open_clip's text tower's vocab_size."""
     init_logit_scale: float = math.log(1 / 0.07)
     """Initial log of the contrastive temperature's inverse (CLIP: log(1/0.07))."""
     max_logit_scale: float = 100.0
