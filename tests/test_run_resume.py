@@ -147,3 +147,71 @@ def test_fp16_on_cpu_runs_in_half_precision_with_a_scaler(shapes_dir, tmp_path):
     assert losses["fp16"][0] != losses["no"][0]
     assert losses["fp16"][0] == pytest.approx(losses["no"][0], abs=0.05)
     assert torch.isfinite(torch.tensor(losses["fp16"])).all()
+
+
+def test_a_crash_after_extending_a_run_resumes_from_the_newest_step_file(shapes_dir, tmp_path, monkeypatch):
+    from vlp.losses import registry
+
+    run = engine.train(_cfg(shapes_dir, tmp_path, "train.steps=2", "train.run_name=ext2"))
+    real = registry.LOSS_TERMS["clip"]
+    calls = {"n": 0}
+
+    def crash_on_the_fourth_batch(outputs, **options):  # steps 3, 4, 5 pass; step 6 is killed
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return real(outputs, **options)
+
+    monkeypatch.setitem(registry.LOSS_TERMS, "clip", crash_on_the_fourth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(_cfg(shapes_dir, tmp_path, "train.steps=6", "train.run_name=ext2", "train.checkpoint_every=3"))
+    monkeypatch.setitem(registry.LOSS_TERMS, "clip", real)
+    assert load_checkpoint(run / "checkpoints/final.pt")["step"] == 2
+    assert load_checkpoint(run / "checkpoints/step-00000003.pt")["step"] == 3  # the newest before the crash
+    engine.train(_cfg(shapes_dir, tmp_path, "train.steps=6", "train.run_name=ext2", "train.checkpoint_every=3"))
+    assert load_checkpoint(run / "checkpoints/final.pt")["samples_seen"] == 6 * 8  # steps 1-6 once each
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    # steps 4 and 5 ran before the crash (the fourth batch of that run was step 6) and were trained again
+    assert [json.loads(line)["step"] for line in (run / "metrics.superseded.jsonl").read_text().splitlines()] == [4, 5]
+
+
+def test_metrics_after_the_resume_point_move_aside(tmp_path):
+    from vlp.train.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    lines = [json.dumps({"step": s, "loss/total": 1.0 / s}) for s in (1, 2, 3, 4, 5)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert run.rewind_metrics(3) == 2
+    assert (tmp_path / "metrics.jsonl").read_text() == "\n".join(lines[:3]) + "\n"
+    assert (tmp_path / "metrics.superseded.jsonl").read_text() == "\n".join(lines[3:]) + "\n"
+    assert run.rewind_metrics(3) == 0
+
+
+def test_default_names_started_in_one_second_are_claimed_apart(tmp_path):
+    from vlp.train.run_dir import claim_default_run_name
+
+    names = [claim_default_run_name(tmp_path, "tiny") for _ in range(3)]
+    assert len(set(names)) == 3 and all((tmp_path / n).is_dir() for n in names)
+    assert all(n.startswith("tiny-") for n in names)
+
+
+def test_a_scaler_skipped_fp16_step_is_reported(monkeypatch):
+    from accelerate import Accelerator
+
+    from vlp.train.precision import Precision
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    precision = Precision(Accelerator(cpu=True), "fp16")
+    with precision.autocast():
+        loss = (param * float("inf")).sum()
+    precision.backward(loss)
+    assert precision.step(optimizer, [param], clip_norm=None) is False
+    assert torch.equal(param.detach(), torch.ones(3))  # the update was dropped
+    assert precision.state_dict()["scale"] == 65536.0 / 2
+    optimizer.zero_grad()
+    with precision.autocast():
+        loss = (param * 2).sum()
+    precision.backward(loss)
+    assert precision.step(optimizer, [param], clip_norm=None) is True
+    assert torch.allclose(param.detach(), torch.full((3,), 0.8))

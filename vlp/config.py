@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,9 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from vlp.config_overrides import apply_overrides, field_type
-
-_INDEX_IN_KEY = re.compile(r"\[(\d+)\]")
+from vlp.config_overrides import INDEX_IN_KEY, apply_overrides, field_type
 
 
 FULL_PRECISION_NAMES = ("fp32", "no", "False")
@@ -282,8 +279,8 @@ def _valid_keys(schema: Any, prefix: str = "") -> List[str]:
 
 def _closest_key(key: str) -> Optional[str]:
     """The valid key nearest to ``key`` (indices of list items kept as the user gave them)."""
-    indices = _INDEX_IN_KEY.findall(key)
-    generic = _INDEX_IN_KEY.sub("[]", key)
+    indices = INDEX_IN_KEY.findall(key)
+    generic = INDEX_IN_KEY.sub("[]", key)
     valid = _valid_keys(Config())
     close = difflib.get_close_matches(generic, valid, n=1, cutoff=0.5)
     section = generic.rsplit(".", 1)[0] if "." in generic else ""

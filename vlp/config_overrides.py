@@ -16,13 +16,14 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-_INDEX = re.compile(r"\[(\d+)\]")
+INDEX_IN_KEY = re.compile(r"\[(\d+)\]")
+"""A list index in a dotted key: the [0] of loss.terms[0].weight."""
 
 
 def split_override(override: str) -> Tuple[str, str]:
     """('loss.terms.0.weight', '0.5') from 'loss.terms[0].weight=0.5'."""
     key, _, raw = override.partition("=")
-    return _INDEX.sub(r".\1", key.strip()), raw
+    return INDEX_IN_KEY.sub(r".\1", key.strip()), raw
 
 
 def display_key(parts: Sequence[str]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -29,7 +29,7 @@ def step_checkpoints(ckpt_dir: Path) -> List[Path]:
     """Step checkpoints in ``ckpt_dir``, oldest first."""
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_PATTERN.search(p.name))]
+    found = [(checkpoint_step(p), p) for p in ckpt_dir.iterdir() if STEP_PATTERN.search(p.name)]
     return [p for _, p in sorted(found)]
 
 
@@ -45,13 +45,23 @@ def latest_checkpoint(run_or_file: Path) -> Optional[Path]:
     return steps[-1] if steps else None
 
 
-def newest_for_resume(ckpt_dir: Path) -> Optional[Path]:
-    """The checkpoint to resume from: final.pt (written last) if present, else the newest step file."""
+def newest_for_resume(ckpt_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The checkpoint with the most steps done, and its state: final.pt, unless a step file is
+    further on (a run extended past its first final.pt that stopped before its new end)."""
     final = ckpt_dir / FINAL_NAME
-    if final.is_file():
-        return final
+    state = load_checkpoint(final) if final.is_file() else None
     steps = step_checkpoints(ckpt_dir)
-    return steps[-1] if steps else None
+    if steps and (state is None or checkpoint_step(steps[-1]) > int(state["step"])):
+        return steps[-1], load_checkpoint(steps[-1])
+    return (final, state) if state is not None else None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step in a step checkpoint's file name."""
+    match = STEP_PATTERN.search(Path(path).name)
+    if match is None:
+        raise ValueError(f"not a step checkpoint name: {path}")
+    return int(match.group(1))
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:

@@ -33,7 +33,7 @@ from vlp.train.checkpoint import FINAL_NAME, prune_step_checkpoints, save_atomic
 from vlp.train.optim import build_optimizer, build_scheduler
 from vlp.train.precision import Precision, accelerate_precision
 from vlp.train.resume import load_states, previous_run, resume_epoch
-from vlp.train.run_dir import RunDir, default_run_name
+from vlp.train.run_dir import RunDir, claim_default_run_name
 
 log = logging.getLogger(__name__)
 MAX_NONFINITE_IN_A_ROW = 20
@@ -60,7 +60,7 @@ def _run_name(accelerator: Accelerator, cfg: Config, recipe: Optional[str]) -> s
     """``train.run_name``, or one made from the recipe and the time on rank 0 and shared with every rank."""
     if cfg.train.run_name:
         return cfg.train.run_name
-    name = [default_run_name(cfg.train.output_dir, recipe) if accelerator.is_main_process else ""]
+    name = [claim_default_run_name(cfg.train.output_dir, recipe) if accelerator.is_main_process else ""]
     if accelerator.num_processes > 1:
         broadcast_object_list(name, from_process=0)
     return name[0]
@@ -113,14 +113,16 @@ def train(cfg: Config, recipe: Optional[str] = None) -> Path:
         samples_seen = int(state.get("samples_seen", start_step * global_batch))
         start_epoch = resume_epoch(samples_seen, samples_per_epoch, cfg.data.resampled)
         if start_step == cfg.train.steps:
-            accelerator.print(f"{run.root} is already trained to train.steps={start_step}; nothing to do "
-                              f"(raise train.steps to continue it)")
+            accelerator.print(f"{resume_from} is at step {start_step} = train.steps: nothing to train "
+                              f"(raise train.steps to continue the run)")
             return run.root
     loader = loader_from_config(cfg.data, cfg.train.batch_size, transform, tokenizer, seed=cfg.train.seed,
                                 rank=accelerator.process_index, world_size=accelerator.num_processes,
                                 start_epoch=start_epoch)
     accelerator.wait_for_everyone()  # every rank has read the old run before rank 0 changes its directory
     if accelerator.is_main_process:
+        if resume is not None and run.rewind_metrics(start_step):
+            print(f"metrics.jsonl lines after step {start_step} (trained again now) moved to metrics.superseded.jsonl")
         aside = run.set_aside() if resume is None else None
         if aside is not None:
             print(f"{run.root} held a run that is not resumed here (train.resume={str(cfg.train.resume).lower()} "
@@ -139,7 +141,7 @@ def train(cfg: Config, recipe: Optional[str] = None) -> Path:
                       + (f" | {samples_per_epoch} samples/epoch" if samples_per_epoch else ""))
 
     skipped = SkipReport(cfg.data.skip_log_interval_s)  # running totals, logged periodically
-    nonfinite_total, nonfinite_in_a_row = 0, 0
+    nonfinite_total, nonfinite_in_a_row, scaler_skipped = 0, 0, 0
     progress = tqdm(total=cfg.train.steps, initial=start_step, disable=not accelerator.is_main_process,
                     desc="train", unit="step", dynamic_ncols=True)
     batches = iter(loader)
@@ -167,7 +169,7 @@ def train(cfg: Config, recipe: Optional[str] = None) -> Path:
             continue
         nonfinite_in_a_row = 0
         precision.backward(losses["total"])
-        precision.step(optimizer, model.parameters(), cfg.optim.grad_clip_norm)
+        scaler_skipped += not precision.step(optimizer, model.parameters(), cfg.optim.grad_clip_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         unwrapped.clamp_logit_scale()
@@ -184,6 +186,7 @@ def train(cfg: Config, recipe: Optional[str] = None) -> Path:
                 "samples_per_s": window_samples / max(elapsed, 1e-9),
                 **{f"loss/{k}": v for k, v in mean_losses.items()},
                 "skipped_samples": _sum_over_ranks(skipped.totals), "nonfinite_steps": nonfinite_total,
+                **({"scaler_skipped_steps": scaler_skipped} if precision.scaler is not None else {}),
             }
             if samples_per_epoch:
                 record["epoch"] = done * global_batch / samples_per_epoch
@@ -203,7 +206,8 @@ def train(cfg: Config, recipe: Optional[str] = None) -> Path:
     if accelerator.is_main_process:
         run.save_json("train_summary.json", {"steps": step, "global_batch": global_batch,
                                              "world_size": accelerator.num_processes, "precision": cfg.train.precision,
-                                             "skipped_samples": all_skipped, "nonfinite_steps": nonfinite_total})
+                                             "skipped_samples": all_skipped, "nonfinite_steps": nonfinite_total,
+                                             "scaler_skipped_steps": scaler_skipped})
         if cfg.eval.at_end and cfg.eval.builtin_root:
             final_evaluation(unwrapped, cfg, run)
     accelerator.wait_for_everyone()

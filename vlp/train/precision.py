@@ -27,8 +27,8 @@ class Precision:
     def __init__(self, accelerator: Accelerator, precision: str) -> None:
         self.accelerator = accelerator
         self.name = precision
-        self.own_fp16 = precision == "fp16" and accelerator.device.type == "cpu"
-        self.own_scaler = torch.amp.GradScaler("cpu") if self.own_fp16 else None
+        own_fp16 = precision == "fp16" and accelerator.device.type == "cpu"
+        self.own_scaler = torch.amp.GradScaler("cpu") if own_fp16 else None
 
     @property
     def scaler(self) -> Optional[torch.amp.GradScaler]:
@@ -36,7 +36,7 @@ class Precision:
         return self.own_scaler if self.own_scaler is not None else self.accelerator.scaler
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.own_fp16:
+        if self.own_scaler is not None:
             return torch.autocast("cpu", dtype=torch.float16)
         return self.accelerator.autocast()
 
@@ -44,17 +44,20 @@ class Precision:
         self.accelerator.backward(self.own_scaler.scale(loss) if self.own_scaler is not None else loss)
 
     def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
-             clip_norm: Optional[float]) -> None:
-        """Unscale (fp16), clip the global norm, step; a scaled step with inf/NaN gradients is skipped by the scaler."""
+             clip_norm: Optional[float]) -> bool:
+        """Unscale (fp16), clip the global norm, step. Returns False when the gradient scaler
+        skipped the update (inf/NaN gradients in float16: the scale is lowered and the step dropped)."""
         if self.own_scaler is not None:
             self.own_scaler.unscale_(optimizer)
         if clip_norm is not None:
             self.accelerator.clip_grad_norm_(parameters, clip_norm)
-        if self.own_scaler is not None:
-            self.own_scaler.step(optimizer)
-            self.own_scaler.update()
-        else:
+        if self.own_scaler is None:
             optimizer.step()
+            return not getattr(optimizer, "step_was_skipped", False)  # accelerate's scaler on GPU
+        scale = self.own_scaler.get_scale()
+        self.own_scaler.step(optimizer)
+        self.own_scaler.update()
+        return self.own_scaler.get_scale() >= scale
 
     def state_dict(self) -> Optional[Dict[str, Any]]:
         return self.scaler.state_dict() if self.scaler is not None else None

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vlp.config import Config, ConfigError, config_from_yaml
-from vlp.train.checkpoint import load_checkpoint, newest_for_resume
+from vlp.train.checkpoint import newest_for_resume
 from vlp.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,12 @@ def previous_run(run: RunDir, cfg: Config, world: int) -> Optional[Tuple[Path, D
     Reads only: a refused resume leaves the run directory exactly as it was."""
     if not cfg.train.resume:
         return None
-    path = newest_for_resume(run.checkpoints)
-    state = load_checkpoint(path) if path is not None else None
-    if state is not None:
+    newest = newest_for_resume(run.checkpoints)
+    if newest is not None:
+        path, state = newest
         check_resumable(run.root, str(state.get("config", "")), cfg, saved_world_size(state), world)
         check_target(run.root, int(state["step"]), cfg.train.steps)
-        return path, state  # type: ignore[return-value]
+        return newest
     if run.config_path.is_file():  # a run that stopped before its first checkpoint
         check_resumable(run.root, run.config_path.read_text(), cfg, None, world)
     return None

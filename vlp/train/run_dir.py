@@ -17,17 +17,23 @@ from typing import Any, Dict, List, Optional
 from vlp.config import Config, config_to_yaml
 from vlp.utils.atomic import write_json_atomic, write_text_atomic
 
-RECORD_FILES = ("config.yaml", "metrics.jsonl", "train_summary.json", "eval_results.json", "checkpoints")
+RECORD_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "train_summary.json", "eval_results.json",
+                "checkpoints")
 
 
-def default_run_name(output_dir: str | Path, recipe: Optional[str]) -> str:
-    """``<recipe>-<time>`` (``run-<time>`` without a recipe file), unused under ``output_dir``."""
+def claim_default_run_name(output_dir: str | Path, recipe: Optional[str]) -> str:
+    """``<recipe>-<time>`` (``run-<time>`` without a recipe file), claimed by creating its folder
+    under ``output_dir``, so two runs started in the same second get two names."""
     base = f"{recipe or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     name, n = base, 1
-    while (Path(output_dir) / name).exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
+    while True:
+        try:
+            (Path(output_dir) / name).mkdir()
+            return name
+        except FileExistsError:
+            n += 1
+            name = f"{base}-{n}"
 
 
 @dataclass
@@ -69,6 +75,25 @@ class RunDir:
         for path in files:
             path.rename(folder / path.name)
         return folder
+
+    def rewind_metrics(self, step: int) -> int:
+        """Keep in metrics.jsonl the lines up to ``step`` (where a resumed run picks up); the lines
+        of steps it will train again move to metrics.superseded.jsonl. Returns how many moved."""
+        path = self.root / "metrics.jsonl"
+        if not path.is_file():
+            return 0
+        keep, later = [], []
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                after = int(json.loads(line)["step"]) > step
+            except (ValueError, KeyError, TypeError):
+                after = False  # a line that is not a record stays where it is
+            (later if after else keep).append(line)
+        if later:
+            with open(self.root / "metrics.superseded.jsonl", "a") as f:
+                f.writelines(later)
+            write_text_atomic(path, "".join(keep))
+        return len(later)
 
     def save_config(self, cfg: Config) -> None:
         write_text_atomic(self.config_path, config_to_yaml(cfg))
