@@ -102,7 +102,8 @@ def run_ours(arch: str, ckpt: Path, zeroshot: Path, retrieval: Path, out: Path, 
     seconds = timed(cmd, env)
     metrics = {}
     for name, task in (("zeroshot", "zeroshot_classification"), ("retrieval", "zeroshot_retrieval")):
-        metrics[f"{name}/{task}"] = json.loads((out / f"{name}_{task}.json").read_text())["metrics"]
+        # eval run names its files <dataset>_<task as typed>; the datasets here are named after the tasks
+        metrics[f"{name}/{task}"] = json.loads((out / f"{name}_{name}.json").read_text())["metrics"]
     return seconds, metrics
 
 
