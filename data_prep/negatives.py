@@ -10,7 +10,7 @@ words (same multiset, up to the capital of the first word) and differs from it i
 - ``shuffle_words``, ``shuffle_trigrams``, ``shuffle_within_trigrams``: the word-order
   perturbations of Yuksekgonul et al. (ARO / NegCLIP), seeded and never equal to the original.
 
-Attributes and relations come from word lists (data_prep/negatives_lexicon.py) and noun phrases
+Attributes and relations come from word lists (vlp/text/lexicon.py) and noun phrases
 from determiners and phrase breaks. Anything with ``perturb(caption, rng) -> [(text, type)]``
 is a :class:`CaptionPerturber`: a part-of-speech tagger can replace :class:`LexiconPerturber`.
 """
@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
-from data_prep import negatives_lexicon as lex
+from vlp.text import lexicon as lex
 
 Negative = Tuple[str, str]  # (text, type)
 

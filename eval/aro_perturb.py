@@ -2,7 +2,7 @@
 
 The ARO repo tags words with spaCy (nouns: NN*, adjectives: JJ*) and tokenizes with nltk. Neither
 is available here, so tagging is lexical: adjectives are the attribute words of
-``data_prep.negatives_lexicon`` (colours, sizes, materials, other attributes) and nouns are the
+``vlp.text.lexicon`` (colours, sizes, materials, other attributes) and nouns are the
 remaining alphabetic "content" words, i.e. those that are not determiners, relation words,
 linking verbs, phrase breaks, pronouns, ``-ly`` adverbs or ``-ing`` verbs (``ING_NOUNS`` excepted).
 This approximates the tagger; shuffled captions therefore differ from ARO's released ones.
@@ -17,7 +17,7 @@ import random
 import re
 from typing import Callable
 
-from data_prep.negatives_lexicon import (
+from vlp.text.lexicon import (
     ATTRIBUTE_CATEGORIES,
     DETERMINERS,
     ING_NOUNS,

@@ -18,14 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from vlp.config_overrides import INDEX_IN_KEY, apply_overrides, field_type
+from vlp.errors import ConfigError
 
 
 FULL_PRECISION_NAMES = ("fp32", "no", "False")
 """Spellings of train.precision meaning full precision: 'no' is accelerate's name for it."""
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user must fix; the message says what to change."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -241,6 +238,8 @@ class EvalConfig:
     """Evaluate on the built-in sets after training."""
     batch_size: int = 256
     """Batch size for evaluation encoding."""
+    cache: bool = True
+    """Keep the end-of-training evaluation's embeddings in the eval cache ($VLP_CACHE_DIR or ~/.cache/vlp/eval)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")

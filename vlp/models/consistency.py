@@ -16,23 +16,13 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from vlp.models.loading import LoadedModel
+from vlp.errors import ModelMismatchError
 
 log = logging.getLogger(__name__)
 
 PROBE_TEXTS = ("", "a photo of a cat.", "A PHOTO OF 2 DOGS, 3 birds & 1 zebra!?",
                "naïve café déjà vu 東京 Ωμέγα 🙂👍 ~`|^{}[]<>", "zzzz qqqq xxxx " * 40)
 Declaration = Tuple[str, bool]  # (where it was read, quick_gelu)
-
-
-class ModelMismatchError(ValueError):
-    """A checkpoint and the model/tokenizer built to evaluate it disagree; ``.problems`` lists how."""
-
-    def __init__(self, spec: Any, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{spec}: the checkpoint does not match the model built to evaluate it:\n{lines}\n"
-                         "fix the model config / tokenizer, or pass --allow-mismatch to evaluate anyway "
-                         "(the problems are then recorded with the results)")
 
 
 def _act(quick_gelu: bool) -> str:

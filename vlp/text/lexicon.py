@@ -1,4 +1,4 @@
-"""Word lists for tagger-free hard negatives (data_prep.negatives).
+"""Word lists shared by the hard-negative miner (data_prep.negatives) and the ARO order perturbations (eval).
 
 Lower-case single words, except RELATIONS which may be phrases ("in front of"). A word's
 category decides which attributes swap with which: colours with colours first, then any two
