@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_prep.readers.detect import FORMATS
-from data_prep.readers.imagefolder import DEFAULT_TEMPLATE
+from data_prep.readers import READERS, reader_names
+from data_prep.readers.registry import DEFAULT_TEMPLATE
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -25,12 +25,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--input", action="append", required=True, dest="inputs",
-                   help="input path (repeatable): image folder with .txt captions, class-per-folder image tree, "
-                        ".csv/.tsv/.parquet, .jsonl, COCO .json, or an img2dataset folder of .tar shards")
+                   help="input path (repeatable), in any format --format lists")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="input reader (auto: from the path; a folder without any .txt whose images are in "
-                        "sub-folders is imagefolder, another folder is folder)")
+    p.add_argument("--format", default="auto", choices=reader_names(),
+                   help="input reader; auto tells it from the path (a folder without any .txt whose images are "
+                        "in sub-folders is imagefolder, another folder is folder). "
+                        + "; ".join(f"{name}: {reader.layout}" for name, reader in READERS.items()))
     p.add_argument("--image-column", default="image", help="table/JSONL image path column")
     p.add_argument("--caption-column", default="caption", help="table/JSONL caption column")
     p.add_argument("--caption-template", default=DEFAULT_TEMPLATE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from data_prep.readers import FORMATS
+from data_prep.readers import reader_names
 from data_prep.readers.imagefolder import DEFAULT_TEMPLATE, check_template
 
 RESIZE_MODES = ("shorter", "longer")
@@ -49,7 +49,7 @@ class IngestOptions:
             raise ValueError("at least one --input is required")
         if not self.output:
             raise ValueError("--output is required")
-        choices = {"format": FORMATS, "resize_mode": RESIZE_MODES, "image_format": IMAGE_FORMATS}
+        choices = {"format": reader_names(), "resize_mode": RESIZE_MODES, "image_format": IMAGE_FORMATS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.readers.base import ByteRange, ImageSource, Reader, ReaderError, Record, read_image_bytes
-from data_prep.readers.detect import DIRECTORY_FORMATS, FORMATS, LAYOUTS, describe_found, detect_format
-from data_prep.readers.imagefolder import DEFAULT_TEMPLATE
+# each reader module registers its format on import (data_prep.readers.registry), in the order
+# --format lists them
+from data_prep.readers import folder, imagefolder, table, jsonl, coco, img2dataset  # noqa: F401, E401
+from data_prep.readers.base import ByteRange, ImageSource, LayoutError, Reader, ReaderError, Record, read_image_bytes
+from data_prep.readers.detect import describe_found, detect_format
+from data_prep.readers.registry import DEFAULT_TEMPLATE, READERS, ReaderOptions, reader_names
 
 # What a reader raises on input it cannot parse (JSON/CSV/Arrow errors are ValueErrors, a bad tar
 # a TarError, a malformed COCO entry a KeyError or TypeError).
@@ -33,7 +36,7 @@ def layout_mismatch(path: str | Path, format: str) -> str:
     except (ValueError, OSError):
         detected = None
     hint = f"; try --format {detected}" if detected and detected != format else ""
-    return f"{format} expects {LAYOUTS[format]}; found {describe_found(path)}{hint}"
+    return f"{format} expects {READERS[format].layout}; found {describe_found(path)}{hint}"
 
 
 def reader_error(path: str | Path, format: str, cause: BaseException | str) -> ReaderError:
@@ -66,51 +69,28 @@ class OpenedInput:
             raise reader_error(self.path, self.format, err) from err
 
 
-def _construct(path: Path, format: str, image_column: str, caption_column: str,
-               image_root: str | Path | None, caption_template: str) -> Reader:
-    if format == "folder":
-        from data_prep.readers.folder import FolderReader
-
-        return FolderReader(path)
-    if format == "imagefolder":
-        from data_prep.readers.imagefolder import ImageFolderReader
-
-        return ImageFolderReader(path, template=caption_template)
-    if format == "table":
-        from data_prep.readers.table import TableReader
-
-        return TableReader(path, image_column=image_column, caption_column=caption_column, image_root=image_root)
-    if format == "jsonl":
-        from data_prep.readers.jsonl import JsonlReader
-
-        return JsonlReader(path, image_column=image_column, caption_column=caption_column, image_root=image_root)
-    if format == "coco":
-        from data_prep.readers.coco import CocoReader
-
-        return CocoReader(path, image_root)
-    from data_prep.readers.img2dataset import Img2DatasetReader
-
-    if not any(path.glob("*.tar")):
-        raise reader_error(path, format, "no *.tar shards in it")
-    return Img2DatasetReader(path)
-
-
 def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "image",
                 caption_column: str = "caption", image_root: str | Path | None = None,
                 caption_template: str = DEFAULT_TEMPLATE) -> OpenedInput:
     """A reader over ``path`` (options apply where the format has them)."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown input format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format not in reader_names():
+        raise ValueError(f"unknown input format {format!r}; choose one of {', '.join(reader_names())}")
     path = Path(path)
     if format == "auto":
         format = detect_format(path)
     elif not path.exists():
-        raise FileNotFoundError(f"input not found: {path} (--format {format} expects {LAYOUTS[format]})")
-    if path.is_dir() != (format in DIRECTORY_FORMATS):
+        raise FileNotFoundError(f"input not found: {path} (--format {format} expects {READERS[format].layout})")
+    reader_format = READERS[format]
+    if path.is_dir() != reader_format.directory:
         raise reader_error(path, format, f"it is a {'directory' if path.is_dir() else 'file'}")
-    reader = _construct(path, format, image_column, caption_column, image_root, caption_template)
+    options = ReaderOptions(image_column, caption_column, image_root, caption_template)
+    try:
+        reader = reader_format.build(path, options)
+    except LayoutError as err:
+        raise reader_error(path, format, str(err)) from err
     return OpenedInput(path, format, reader)
 
 
-__all__ = ["FORMATS", "LAYOUTS", "ByteRange", "ImageSource", "OpenedInput", "Reader", "ReaderError", "Record",
-           "describe_found", "detect_format", "layout_mismatch", "open_reader", "read_image_bytes", "reader_error"]
+__all__ = ["READERS", "ByteRange", "ImageSource", "OpenedInput", "Reader", "ReaderError", "Record",
+           "describe_found", "detect_format", "layout_mismatch", "open_reader", "read_image_bytes", "reader_error",
+           "reader_names"]

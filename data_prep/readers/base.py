@@ -25,6 +25,11 @@ class ReaderError(ValueError):
     format detected from the path."""
 
 
+class LayoutError(ReaderError):
+    """Raised by a reader's build step: the input lacks the layout of the format (the message
+    says what is missing); ``open_reader`` adds the path, the format and what the path holds."""
+
+
 @dataclass(frozen=True)
 class ByteRange:
     """``size`` bytes at ``offset`` in ``path`` (e.g. a member's data inside an uncompressed tar)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_prep.readers.base import Record, missing_reason
+from data_prep.readers.registry import ReaderFormat, register_reader
 
 
 class CocoReader:
@@ -38,3 +39,10 @@ class CocoReader:
             texts = captions.get(image["id"], [])
             error = missing_reason(path) or (None if texts else "missing_caption")
             yield Record(image["file_name"], path, list(texts), {"coco_id": image["id"]}, error=error)
+
+
+register_reader(ReaderFormat(
+    "coco", "a COCO captions .json file ({\"images\": [...], \"annotations\": [...]}) with the images under "
+            "--image-root (default: the file's folder)",
+    directory=False, claims=lambda path: path.suffix.lower() == ".json",
+    build=lambda path, options: CocoReader(path, options.image_root)))

@@ -7,7 +7,8 @@ any other folder is image + same-stem ``.txt`` pairs (``folder``); ``.csv``/``.t
 are tables, ``.jsonl`` is JSON Lines, ``.json`` is COCO captions. A folder that holds even one
 ``.txt`` caption stays a ``folder`` input, so caption folders read as they always did.
 
-:data:`LAYOUTS` says in words what each format expects and :func:`describe_found` what is at a
+Each reader registers its own part of the rule (``ReaderFormat.claims``, asked in descending
+``priority``; ``data_prep.readers.registry``) and its layout in words; :func:`describe_found` says what is at a
 path; both go into the errors of a reader that fails and of an ingest that writes nothing.
 """
 
@@ -16,69 +17,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_prep.readers.base import IMAGE_EXTENSIONS
-
-FORMATS: tuple[str, ...] = ("auto", "folder", "imagefolder", "table", "jsonl", "coco", "img2dataset")
-
-LAYOUTS: dict[str, str] = {
-    "folder": "a directory of images with same-stem .txt captions (DIR/a.jpg + DIR/a.txt, at any depth)",
-    "imagefolder": "a directory of class sub-folders holding images, no captions (DIR/cat/1.jpg, DIR/dog/2.png)",
-    "table": "a .csv/.tsv/.parquet file with an image column and a caption column "
-             "(--image-column, --caption-column)",
-    "jsonl": "a .jsonl file, one JSON object per line with an image field and a caption field",
-    "coco": "a COCO captions .json file ({\"images\": [...], \"annotations\": [...]}) with the images under "
-            "--image-root (default: the file's folder)",
-    "img2dataset": "a directory of img2dataset webdataset shards (00000.tar with key.jpg + key.txt, ...)",
-}
-
-# Formats whose input is a directory (the others read one file).
-DIRECTORY_FORMATS = frozenset({"folder", "imagefolder", "img2dataset"})
+from data_prep.readers.registry import READERS
 
 
-def _is_hidden(relative: Path) -> bool:
+def is_hidden(relative: Path) -> bool:
+    """True when a path relative to an input folder passes through a hidden (dot) name."""
     return any(part.startswith(".") for part in relative.parts)
-
-
-def class_folders(root: str | Path) -> list[str]:
-    """The class names of a class-per-folder tree: the non-hidden sub-folders of ``root`` that
-    hold at least one image (at any depth below them), sorted (torchvision's ``find_classes`` order)."""
-    root = Path(root)
-    names = []
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p.relative_to(child))
-               for p in child.rglob("*")):
-            names.append(child.name)
-    return names
-
-
-def is_class_tree(root: str | Path) -> bool:
-    """True when ``root`` has no ``.txt`` file anywhere, no image at its top level, and at least
-    one sub-folder holding images: the layout :class:`~data_prep.readers.imagefolder.ImageFolderReader` reads."""
-    root = Path(root)
-    for path in root.rglob("*"):
-        if path.suffix.lower() == ".txt" and path.is_file():
-            return False
-        if path.parent == root and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            return False
-    return bool(class_folders(root))
 
 
 def detect_format(path: str | Path) -> str:
     """The reader name for ``path`` (see the module doc); raises ValueError when unknown."""
     path = Path(path)
-    if path.is_dir():
-        if any(path.glob("*.tar")):
-            return "img2dataset"
-        return "imagefolder" if is_class_tree(path) else "folder"
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".parquet"):
-        return "table"
-    if suffix == ".jsonl":
-        return "jsonl"
-    if suffix == ".json":
-        return "coco"
+    is_dir = path.is_dir()
+    for reader_format in sorted(READERS.values(), key=lambda f: -f.priority):
+        if reader_format.directory == is_dir and reader_format.claims(path):
+            return reader_format.name
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
-    raise ValueError(f"cannot tell the format of {path}; pass --format, one of {', '.join(FORMATS[1:])}")
+    raise ValueError(f"cannot tell the format of {path}; pass --format, one of {', '.join(READERS)}")
 
 
 def detected_name(path: str | Path) -> str:
@@ -105,7 +61,7 @@ def describe_found(path: str | Path) -> str:
         return f"a file of {_count(path.stat().st_size, 'byte')} (detected format: {detected_name(path)})"
     top = deep = txt = tar = other = 0
     for item in path.rglob("*"):
-        if not item.is_file() or _is_hidden(item.relative_to(path)):
+        if not item.is_file() or is_hidden(item.relative_to(path)):
             continue
         suffix = item.suffix.lower()
         if suffix in IMAGE_EXTENSIONS:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_prep.readers.base import IMAGE_EXTENSIONS, Record
+from data_prep.readers.registry import ReaderFormat, register_reader
 
 
 class FolderReader:
@@ -45,3 +46,8 @@ class FolderReader:
             raw = caption.read_bytes()
             texts = [line for line in raw.splitlines() if line.strip()] if self.multiline else [raw]
             yield Record(source_id, str(image), texts or [raw], {})
+
+
+register_reader(ReaderFormat(
+    "folder", "a directory of images with same-stem .txt captions (DIR/a.jpg + DIR/a.txt, at any depth)",
+    directory=True, build=lambda path, options: FolderReader(path), claims=lambda path: True, priority=0))

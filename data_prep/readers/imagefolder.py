@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from data_prep.readers.base import IMAGE_EXTENSIONS, LABEL_KEY, Record
-from data_prep.readers.detect import class_folders
-
-DEFAULT_TEMPLATE = "a photo of a {}."
+from data_prep.readers.detect import is_hidden
+from data_prep.readers.registry import DEFAULT_TEMPLATE, ReaderFormat, register_reader
 
 
 def check_template(template: str) -> str:
@@ -31,6 +30,30 @@ def check_template(template: str) -> str:
 def class_caption(template: str, classname: str) -> str:
     """The caption of an image of class ``classname`` (underscores read as spaces)."""
     return template.replace("{}", classname.replace("_", " "))
+
+
+def class_folders(root: str | Path) -> list[str]:
+    """The class names of a class-per-folder tree: the non-hidden sub-folders of ``root`` that
+    hold at least one image (at any depth below them), sorted (torchvision's ``find_classes`` order)."""
+    root = Path(root)
+    names = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not is_hidden(p.relative_to(child))
+               for p in child.rglob("*")):
+            names.append(child.name)
+    return names
+
+
+def is_class_tree(root: str | Path) -> bool:
+    """True when ``root`` has no ``.txt`` file anywhere, no image at its top level, and at least
+    one sub-folder holding images: the layout :class:`~data_prep.readers.imagefolder.ImageFolderReader` reads."""
+    root = Path(root)
+    for path in root.rglob("*"):
+        if path.suffix.lower() == ".txt" and path.is_file():
+            return False
+        if path.parent == root and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            return False
+    return bool(class_folders(root))
 
 
 class ImageFolderReader:
@@ -54,3 +77,9 @@ class ImageFolderReader:
             for path in images:
                 yield Record(str(path.relative_to(self.root)), str(path), [caption],
                              {LABEL_KEY: label, "classname": name})
+
+
+register_reader(ReaderFormat(
+    "imagefolder", "a directory of class sub-folders holding images, no captions (DIR/cat/1.jpg, DIR/dog/2.png)",
+    directory=True, build=lambda path, options: ImageFolderReader(path, template=options.caption_template),
+    claims=is_class_tree, priority=10))

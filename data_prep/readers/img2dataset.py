@@ -14,7 +14,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.readers.base import IMAGE_EXTENSIONS, ByteRange, Record
+from data_prep.readers.base import IMAGE_EXTENSIONS, ByteRange, LayoutError, Record
+from data_prep.readers.registry import ReaderFormat, register_reader
 
 META_KEYS = ("url", "key", "width", "height", "original_width", "original_height", "status")
 
@@ -61,3 +62,14 @@ class Img2DatasetReader:
     def __iter__(self) -> Iterator[Record]:
         for tar_path in self.tars:
             yield from self._records(tar_path)
+
+
+def _build(path: Path, options: object) -> Img2DatasetReader:
+    if not any(path.glob("*.tar")):
+        raise LayoutError("no *.tar shards in it")
+    return Img2DatasetReader(path)
+
+
+register_reader(ReaderFormat(
+    "img2dataset", "a directory of img2dataset webdataset shards (00000.tar with key.jpg + key.txt, ...)",
+    directory=True, build=_build, claims=lambda path: any(path.glob("*.tar")), priority=20))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_prep.readers.base import Record, missing_reason, resolve_image
+from data_prep.readers.registry import ReaderFormat, register_reader
 
 
 class JsonlReader:
@@ -46,3 +47,10 @@ class JsonlReader:
                     source_id = image
                 meta = {"line": line_number}
                 yield Record(source_id, image, [str(c) for c in captions], meta, error=missing_reason(image))
+
+
+register_reader(ReaderFormat(
+    "jsonl", "a .jsonl file, one JSON object per line with an image field and a caption field",
+    directory=False, claims=lambda path: path.suffix.lower() == ".jsonl",
+    build=lambda path, options: JsonlReader(path, image_column=options.image_column,
+                                            caption_column=options.caption_column, image_root=options.image_root)))

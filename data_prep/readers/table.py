@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data_prep.readers.base import Record, missing_reason, resolve_image
+from data_prep.readers.registry import ReaderFormat, register_reader
 
 
 class TableReader:
@@ -63,3 +64,10 @@ class TableReader:
             source_id = image if isinstance(image, str) else f"{self.path.name}:{row_number}"
             captions = [] if caption is None else [caption]
             yield Record(str(source_id), image, captions, {"row": row_number}, error=missing_reason(image))
+
+
+register_reader(ReaderFormat(
+    "table", "a .csv/.tsv/.parquet file with an image column and a caption column (--image-column, --caption-column)",
+    directory=False, claims=lambda path: path.suffix.lower() in (".csv", ".tsv", ".parquet"),
+    build=lambda path, options: TableReader(path, image_column=options.image_column,
+                                            caption_column=options.caption_column, image_root=options.image_root)))

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import torch
 import webdataset as wds
 
-from vlp.config import ConfigError
+from vlp.errors import ConfigError
 from vlp.data.decode import (decode_image, image_bytes, pick_caption, sample_captions, sample_negatives,
                              second_caption)
 from vlp.data.shards import ShardSource, count_samples, resolve_sources

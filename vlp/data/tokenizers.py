@@ -36,7 +36,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from vlp.config import ConfigError
+from vlp.errors import ConfigError
 
 Tokenizer = Callable[[List[str]], torch.Tensor]
 Texts = Union[str, Sequence[str]]

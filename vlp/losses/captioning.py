@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from vlp.losses.distributed import world_info
+from vlp.losses.registry import register_term
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = 0, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -29,6 +30,7 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = 0, la
     return per_token * world / count.clamp(min=1)
 
 
+@register_term("caption", inputs=("caption_logits", "caption_labels"))
 def caption_term(outputs: Dict[str, torch.Tensor], pad_id: int = 0, label_smoothing: float = 0.0) -> torch.Tensor:
     """Needs ``caption_logits`` [B, L, V] and ``caption_labels`` [B, L] from a captioning head."""
     if "caption_logits" not in outputs:

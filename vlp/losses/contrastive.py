@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.losses.distributed import gather_with_grad, global_pairs
+from vlp.losses.registry import CONTRASTIVE_INPUTS, register_term
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
@@ -63,10 +64,12 @@ def negclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, neg_text_emb: 
             + F.cross_entropy(logits_per_text, g.positives, label_smoothing=label_smoothing)) / 2
 
 
+@register_term("dcl")
 def dcl_term(outputs: Dict[str, torch.Tensor], positive_weight_sigma: Optional[float] = None) -> torch.Tensor:
     return decoupled_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], positive_weight_sigma)
 
 
+@register_term("negclip", inputs=(*CONTRASTIVE_INPUTS, "neg_text_emb"))
 def negclip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
     """Needs ``neg_text_emb`` [B, K, D]: set data.num_negatives and shards with key.neg.json."""
     if "neg_text_emb" not in outputs:
@@ -75,6 +78,7 @@ def negclip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0)
                         outputs["logit_scale"], label_smoothing)
 
 
+@register_term("clip")
 def clip_term(outputs: Dict[str, torch.Tensor], label_smoothing: float = 0.0, chunked: bool = False,
               chunk_size: Optional[int] = None, cacr_attract: float = 0.0, cacr_repel: float = 0.0) -> torch.Tensor:
     """Registry adapter: the CLIP loss on an outputs dict {image_emb, text_emb, logit_scale}.

@@ -12,6 +12,7 @@ from typing import Dict
 import torch
 
 from vlp.losses.distributed import all_reduce_sum_with_grad, gather_with_grad, world_info
+from vlp.losses.registry import register_term
 
 
 def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
@@ -35,10 +36,12 @@ def alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.to(dtype) - y.to(dtype)).pow(2).sum(dim=1).mean()
 
 
+@register_term("uniformity", inputs=("image_emb", "text_emb"))
 def uniformity_term(outputs: Dict[str, torch.Tensor], t: float = 2.0) -> torch.Tensor:
     """Mean of the image and the text clouds' uniformity."""
     return (uniformity(outputs["image_emb"], t) + uniformity(outputs["text_emb"], t)) / 2
 
 
+@register_term("alignment", inputs=("image_emb", "text_emb"))
 def alignment_term(outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
     return alignment(outputs["image_emb"], outputs["text_emb"])

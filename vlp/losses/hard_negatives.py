@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.losses.distributed import gather_with_grad, global_pairs, world_info
+from vlp.losses.registry import register_term
 
 
 def mochi_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, hardest: int = 16,
@@ -75,5 +76,6 @@ def cacr_weighted_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log
     return total / 2
 
 
+@register_term("mochi")
 def mochi_term(outputs: Dict[str, torch.Tensor], hardest: int = 16, synthetic: int = 8, query_mixed: int = 0) -> torch.Tensor:
     return mochi_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], hardest, synthetic, query_mixed)

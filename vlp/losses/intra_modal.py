@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from vlp.losses.distributed import gather_with_grad, world_info
+from vlp.losses.registry import register_term
 
 
 def view_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -52,12 +53,21 @@ def mv_infonce(views: Sequence[torch.Tensor], temperature: float) -> torch.Tenso
     return (everything - positive).mean()
 
 
+MODALITIES = {"both": ["image", "text"], "image": ["image"], "text": ["text"]}
+
+
+def _intra_modal_inputs(options: Dict[str, Any]) -> List[str]:
+    """The embeddings and the second views of the modalities ``intra_modal`` compares."""
+    names = MODALITIES.get(options.get("modalities", "both"), [])
+    return [f"{name}_emb{suffix}" for name in names for suffix in ("", "_aug")]
+
+
+@register_term("intra_modal", inputs=_intra_modal_inputs)
 def intra_modal_term(outputs: Dict[str, torch.Tensor], modalities: str = "both", temperature: float = 0.1) -> torch.Tensor:
     """Needs the second augmented view(s): ``image_emb_aug`` and/or ``text_emb_aug``."""
-    choices = {"both": ["image", "text"], "image": ["image"], "text": ["text"]}
-    if modalities not in choices:
-        raise ValueError(f"intra_modal: modalities must be one of {', '.join(choices)}, got {modalities!r}")
-    names: List[str] = choices[modalities]
+    if modalities not in MODALITIES:
+        raise ValueError(f"intra_modal: modalities must be one of {', '.join(MODALITIES)}, got {modalities!r}")
+    names: List[str] = MODALITIES[modalities]
     terms = []
     for name in names:
         if f"{name}_emb_aug" not in outputs:
@@ -66,6 +76,7 @@ def intra_modal_term(outputs: Dict[str, torch.Tensor], modalities: str = "both",
     return sum(terms) / len(terms)
 
 
+@register_term("mv_infonce", inputs=("image_emb", "text_emb", "image_emb_aug|text_emb_aug"))
 def mv_infonce_term(outputs: Dict[str, torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
     """All views present in the outputs: image_emb, text_emb and any *_emb_aug."""
     keys = [k for k in ("image_emb", "text_emb", "image_emb_aug", "text_emb_aug") if k in outputs]

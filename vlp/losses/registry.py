@@ -1,38 +1,53 @@
-"""Objectives by name, and the weighted sum of the configured terms.
+"""Objectives by name, what each reads from the outputs dict, and the weighted sum of the configured terms.
 
-A term is a pure function ``term(outputs, **options) -> scalar tensor``. Adding an objective is one
-module in vlp/losses/ plus one line in ``LOSS_TERMS``.
+A term is a pure function ``term(outputs, **options) -> scalar tensor``, registered where it is
+defined with :func:`register_term`, which also declares the outputs it reads. Adding an objective
+is one module in vlp/losses/ plus its import in ``vlp/losses/__init__.py`` (or, from outside the
+package, importing the module that registers it).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Dict, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from vlp.losses.contrastive import clip_term, dcl_term, negclip_term
-from vlp.losses.captioning import caption_term
-from vlp.losses.geometry import alignment_term, uniformity_term
-from vlp.losses.hard_negatives import mochi_term
-from vlp.losses.intra_modal import intra_modal_term, mv_infonce_term
-from vlp.losses.sigmoid import siglip_term
+from vlp.errors import ConfigError
 
 LossTerm = Callable[..., torch.Tensor]
+Inputs = Union[Sequence[str], Callable[[Mapping[str, Any]], Sequence[str]]]
 
-LOSS_TERMS: Dict[str, LossTerm] = {
-    "clip": clip_term,
-    "siglip": siglip_term,
-    "dcl": dcl_term,
-    "negclip": negclip_term,
-    "uniformity": uniformity_term,
-    "alignment": alignment_term,
-    "mochi": mochi_term,
-    "intra_modal": intra_modal_term,
-    "mv_infonce": mv_infonce_term,
-    "caption": caption_term,
-}
+CONTRASTIVE_INPUTS = ("image_emb", "text_emb", "logit_scale")
+"""What the pairwise contrastive terms read: both embeddings and the temperature."""
+
+
+@dataclass(frozen=True)
+class TermInputs:
+    """The outputs a term reads: a list of names, or a function of the term's options giving one.
+    A name ``"a|b"`` is met by either output."""
+
+    inputs: Inputs
+
+    def names(self, options: Mapping[str, Any]) -> Tuple[str, ...]:
+        return tuple(self.inputs(options) if callable(self.inputs) else self.inputs)
+
+
+LOSS_TERMS: Dict[str, LossTerm] = {}
+TERM_INPUTS: Dict[str, TermInputs] = {}
+
+
+def register_term(name: str, inputs: Inputs = CONTRASTIVE_INPUTS) -> Callable[[LossTerm], LossTerm]:
+    """Decorator: make ``fn`` the objective ``name`` of ``loss.terms``, reading ``inputs``."""
+    def register(fn: LossTerm) -> LossTerm:
+        if name in LOSS_TERMS and LOSS_TERMS[name] is not fn:
+            raise ValueError(f"loss term {name!r} is registered twice ({LOSS_TERMS[name].__module__} and {fn.__module__})")
+        LOSS_TERMS[name] = fn
+        TERM_INPUTS[name] = TermInputs(inputs)
+        return fn
+    return register
 
 
 def _options_of(term: LossTerm) -> list[str]:
@@ -41,8 +56,6 @@ def _options_of(term: LossTerm) -> list[str]:
 
 def validate_terms(terms: Sequence[Any]) -> None:
     """Fail at start-up on an unknown term name or an option the term does not take."""
-    from vlp.config import ConfigError
-
     for i, spec in enumerate(terms):
         if spec.name not in LOSS_TERMS:
             close = difflib.get_close_matches(spec.name, list(LOSS_TERMS), n=1)
@@ -56,27 +69,28 @@ def validate_terms(terms: Sequence[Any]) -> None:
                                   f"(valid: {', '.join(valid) or 'none'})")
 
 
-def check_term_inputs(cfg: Any) -> None:
-    """Fail at start-up when a term needs model outputs the data or model config will not produce."""
-    from vlp.config import ConfigError
+def missing_inputs(terms: Sequence[Any], available: Mapping[str, Optional[str]]) -> None:
+    """Fail at start-up when a term reads an output the model will not produce.
 
-    for i, spec in enumerate(cfg.loss.terms):
-        options = dict(spec.options)
-        needs = []
-        if spec.name == "negclip" and cfg.data.num_negatives < 1:
-            needs.append("data.num_negatives >= 1 (shards with key.neg.json: python -m data_prep negatives)")
-        if spec.name == "siglip" and cfg.model.init_logit_bias is None:
-            needs.append("model.init_logit_bias (SigLIP: -10, with model.init_logit_scale=2.302585)")
-        if spec.name == "intra_modal":
-            modalities = options.get("modalities", "both")
-            if modalities in ("both", "image") and cfg.data.image_views < 2:
-                needs.append("data.image_views=2")
-            if modalities in ("both", "text") and cfg.data.text_views < 2:
-                needs.append("data.text_views=2")
-        if spec.name == "mv_infonce" and cfg.data.image_views < 2 and cfg.data.text_views < 2:
-            needs.append("data.image_views=2 or data.text_views=2 (more than two views)")
-        if spec.name == "caption":
-            needs.append("a captioning head, which this model does not have yet")
+    ``available`` maps the output names the model can give to None when the configured model and
+    data produce it, or to what the user must set to get it (``vlp.models.outputs``); a name it
+    lacks no configurable part produces.
+    """
+    for i, spec in enumerate(terms):
+        needs: List[str] = []
+        unknown: List[str] = []
+        declared = TERM_INPUTS.get(spec.name, TermInputs(CONTRASTIVE_INPUTS))  # set in LOSS_TERMS by hand: the default
+        for name in declared.names(dict(spec.options)):
+            choices = name.split("|")
+            if any(choice in available and available[choice] is None for choice in choices):
+                continue
+            known = [str(available[choice]) for choice in choices if choice in available]
+            if not known:
+                unknown.append(" or ".join(choices))
+            elif " or ".join(known) not in needs:
+                needs.append(" or ".join(known))
+        if unknown:
+            needs.append(f"a head in model.heads that provides {', '.join(unknown)} (no registered head does)")
         if needs:
             raise ConfigError(f"loss.terms[{i}] ({spec.name}) needs " + " and ".join(needs))
 

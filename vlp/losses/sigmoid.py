@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.losses.distributed import gather_with_grad, world_info
+from vlp.losses.registry import CONTRASTIVE_INPUTS, register_term
 
 
 def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
@@ -93,6 +94,7 @@ def chunked_siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_s
                                      rank * image_emb.shape[0], rows)
 
 
+@register_term("siglip", inputs=(*CONTRASTIVE_INPUTS, "logit_bias"))
 def siglip_term(outputs: Dict[str, torch.Tensor], chunked: bool = False, chunk_size: Optional[int] = None) -> torch.Tensor:
     """Registry adapter; needs ``logit_bias`` in the outputs (set model.init_logit_bias).
     ``chunked``: the memory-efficient form, same value and gradients."""
