@@ -15,11 +15,11 @@ agree) and ``ratio`` = vlp samples/s / open_clip samples/s (above 1: vlp is fast
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
 
+import open_clip
 import torch
 from open_clip.loss import ClipLoss
 
@@ -27,6 +27,7 @@ from vlp.config import load_config
 from vlp.data.tokenizers import build_tokenizer
 from vlp.losses.contrastive import clip_loss
 from vlp.models.dual_encoder import DualEncoder
+from vlp.models.open_clip_layout import to_open_clip_state
 from vlp.train.optim import build_optimizer
 
 CAPTIONS = [
@@ -59,7 +60,9 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     torch.manual_seed(0)
     ours = DualEncoder(cfg.model.arch)
-    anchor = copy.deepcopy(ours.clip)  # the same open_clip CLIP, weights included
+    anchor = open_clip.CLIP(**{k: ours.arch[k] for k in ("embed_dim", "vision_cfg", "text_cfg")},
+                            quick_gelu=ours.quick_gelu)
+    anchor.load_state_dict(to_open_clip_state(ours), strict=True)  # the same weights, in open_clip's layout
     tokenizer = build_tokenizer("open_clip", ours.context_length)
     texts = tokenizer([CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)])
     images = torch.randn(args.batch, 3, ours.image_size, ours.image_size, generator=torch.Generator().manual_seed(0))

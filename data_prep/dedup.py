@@ -130,7 +130,7 @@ def run_dedup(shards: str | Path, model: str | Path, output: str | Path, thresho
               shard_samples: int = 10_000, batch_size: int = 64, device: str = "cpu",
               overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Remove near-duplicates from ``shards`` into ``output``; returns the stats written."""
-    from vlp.models.loading import load_model
+    from vlp.interop.vlp_files import load_model
 
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")

@@ -17,7 +17,7 @@ from data_prep.shard_writer import ShardWriter, read_tar_members
 from tiny_arch import TINY_ARCH
 from vlp.config import config_to_yaml, load_config
 from vlp.models.dual_encoder import DualEncoder
-from vlp.train.checkpoint import save_atomic
+from vlp.checkpoints import save_atomic
 
 
 def _checkpoint(tmp_path: Path) -> Path:

@@ -9,7 +9,7 @@ import torch
 from vlp.config import load_config
 from vlp.losses import registry
 from vlp.train import engine
-from vlp.train.checkpoint import load_checkpoint
+from vlp.checkpoints import load_checkpoint
 
 SMALL = [
     "model.arch.vision_cfg.image_size=32", "model.arch.vision_cfg.width=32", "model.arch.vision_cfg.head_width=16", "model.arch.vision_cfg.layers=1",

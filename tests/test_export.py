@@ -5,12 +5,12 @@ import torch
 from safetensors.torch import load_file
 
 from tiny_arch import TINY_ARCH
+from vlp.checkpoints import save_atomic
 from vlp.config import config_to_yaml, load_config
 from vlp.export.cli import main as export_main
+from vlp.interop.vlp_files import load_model
 from vlp.models.dual_encoder import DualEncoder
 from vlp.models.factory import load_weights
-from vlp.models.loading import load_model
-from vlp.train.checkpoint import save_atomic
 
 
 def _checkpoint(tmp_path):

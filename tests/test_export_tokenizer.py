@@ -18,12 +18,12 @@ import torch
 from test_hf_text_tower import hf_arch, save_tiny_bert
 from tiny_arch import TINY_ARCH
 from data_prep.tokenizer_train import train_sentencepiece
+from vlp.checkpoints import save_atomic
 from vlp.config import Config, ModelConfig, config_to_yaml
 from vlp.data.tokenizers import build_tokenizer
 from vlp.export.cli import main as export_main
-from vlp.models.external import load_eval_model
+from vlp.interop.load import load_eval_model
 from vlp.models.factory import build_model
-from vlp.train.checkpoint import save_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = [f"a {c} {s} left of a {c2} {s2}" for c in ("red", "green", "blue") for s in ("cube", "ball", "cone")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from vlp.config import ModelConfig
 from vlp.data.tokenizers import build_tokenizer
-from vlp.models.dual_encoder import hf_text_length
+from vlp.models.towers.open_clip_text import hf_text_length
 from vlp.models.factory import build_model, model_arch
 
 CONTEXT = 12

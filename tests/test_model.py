@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from tiny_arch import TINY_ARCH
-from vlp.models.dual_encoder import DualEncoder, resolve_arch
+from vlp.models.arch import resolve_arch
+from vlp.models.dual_encoder import DualEncoder
 from vlp.models.factory import load_weights
 
 

@@ -7,6 +7,7 @@ import pytest
 from tiny_arch import TINY_ARCH
 from vlp.config import OptimConfig
 from vlp.models.dual_encoder import DualEncoder
+from vlp.models.open_clip_layout import from_open_clip_key, open_clip_model
 from vlp.train.optim import build_optimizer, lr_factor
 
 
@@ -18,13 +19,18 @@ def test_no_decay_on_norms_biases_embeddings_and_temperature():
     no_decay = {names[id(p)] for p in opt.param_groups[1]["params"]}
     assert opt.param_groups[0]["weight_decay"] == 0.2 and opt.param_groups[1]["weight_decay"] == 0.0
     assert decay.isdisjoint(no_decay) and decay | no_decay == set(names.values())
-    for name in ("clip.logit_scale", "clip.ln_final.weight", "clip.ln_final.bias", "clip.token_embedding.weight",
-                 "clip.positional_embedding", "clip.visual.class_embedding",
-                 "clip.transformer.resblocks.0.attn.in_proj_bias"):
-        assert name in no_decay, name
-    for name in ("clip.transformer.resblocks.0.attn.in_proj_weight", "clip.visual.conv1.weight",
-                 "clip.text_projection", "clip.visual.proj"):
-        assert name in decay, name
+    # named as open_clip names them, in our layout (vlp.models.open_clip_layout)
+    for name in ("logit_scale", "ln_final.weight", "ln_final.bias", "token_embedding.weight",
+                 "positional_embedding", "visual.class_embedding",
+                 "transformer.resblocks.0.attn.in_proj_bias"):
+        assert from_open_clip_key(name) in no_decay, name
+    for name in ("transformer.resblocks.0.attn.in_proj_weight", "visual.conv1.weight",
+                 "text_projection", "visual.proj"):
+        assert from_open_clip_key(name) in decay, name
+    # the same groups as under open_clip's names (what checkpoints before issue 11 were trained with)
+    as_open_clip = build_optimizer(open_clip_model(model), OptimConfig(weight_decay=0.2))
+    for ours, theirs in zip(opt.param_groups, as_open_clip.param_groups):
+        assert {id(p) for p in ours["params"]} == {id(p) for p in theirs["params"]}
 
 
 def test_warmup_then_cosine_values():

@@ -162,7 +162,7 @@ def test_loading_a_checkpoint_rebuilds_sentencepiece_tokenizer(sp_model: Path, t
     from omegaconf import OmegaConf
 
     from vlp.config import Config
-    from vlp.models.loading import load_model
+    from vlp.interop.vlp_files import load_model
 
     cfg = Config()
     cfg.model = ModelConfig(arch=TINY_ARCH, tokenizer=f"sentencepiece:{sp_model}")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vlp.models.dual_encoder import DualEncoder
-from vlp.models.external import OpenCLIPEncoder
-from vlp.models.vit_inference import image_features, supports_fast_forward, vit_inference_forward
+from vlp.interop.open_clip_files import OpenCLIPEncoder
+from vlp.models.towers.vit_inference import image_features, supports_fast_forward, vit_inference_forward
 
 VISION = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 16}
 TEXT = {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1}

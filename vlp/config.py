@@ -123,8 +123,20 @@ class ModelConfig:
     """Use QuickGELU activations (OpenAI CLIP weights were trained with it)."""
     pretrained: Optional[str] = None
     """Local checkpoint file to initialise from (ours or open_clip's state dict); None is random init."""
+    image_tower: str = "open_clip"
+    """Image tower by registered name (vlp.models.towers): 'open_clip' builds open_clip's vision tower (ViT, ResNet or timm) from arch.vision_cfg."""
+    text_tower: str = "open_clip"
+    """Text tower by registered name: 'open_clip' builds open_clip's text transformer from arch.text_cfg, or its transformers tower when text_cfg.hf_model_name is set."""
+    heads: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Optional heads by registered name (vlp.models.heads) with their options, {name: {option: value}}; each adds its outputs to the outputs dict."""
 
     def __post_init__(self) -> None:
+        from vlp.models.heads import check_heads
+        from vlp.models.towers import check_tower_name
+
+        check_tower_name("image", self.image_tower, "model.image_tower")
+        check_tower_name("text", self.text_tower, "model.text_tower")
+        check_heads(self.heads)
         if isinstance(self.arch, str):
             import open_clip
 

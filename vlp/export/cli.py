@@ -29,7 +29,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from vlp.config import config_to_yaml
     from vlp.export.open_clip_format import export_open_clip, export_safetensors
-    from vlp.models.loading import load_model_and_config
+    from vlp.interop.vlp_files import load_model_and_config
 
     try:
         model, cfg, source = load_model_and_config(args.model)

@@ -27,15 +27,11 @@ from safetensors.torch import save_file
 from vlp.data.tokenizers import build_tokenizer, parse_tokenizer_spec
 from vlp.export.text_files import check_open_clip_tokenizer, open_clip_text_files, safetensors_text_files
 from vlp.models.dual_encoder import DualEncoder
+from vlp.models.open_clip_layout import to_open_clip_state
 from vlp.utils.atomic import atomic_path, write_json_atomic
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-
-
-def open_clip_state_dict(model: DualEncoder) -> Dict[str, torch.Tensor]:
-    """The wrapped open_clip model's state dict: our keys without the 'clip.' prefix, contiguous."""
-    return {k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()}
 
 
 def _save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: Path, metadata: Dict[str, str]) -> None:
@@ -75,13 +71,17 @@ def export_open_clip(model: DualEncoder, out_dir: Path, tokenizer: str = "open_c
     """Write an open_clip local-dir model with tokenizer ``tokenizer`` (a ``model.tokenizer`` value)
     to ``out_dir``; returns the directory. TokenizerExportError / FileExistsError before any write."""
     out_dir = Path(out_dir)
+    if len(model.heads):
+        raise ValueError(f"open_clip's CLIP format has no place for the model's heads ({', '.join(model.heads)}); "
+                         "export --format safetensors to keep them")
     _check_replaceable(out_dir, OPEN_CLIP_CONFIG)
     model_cfg = json.loads(json.dumps(model.arch))  # a deep copy
     text_cfg = model_cfg.setdefault("text_cfg", {})
     files = open_clip_text_files(tokenizer, model.context_length, text_cfg)
     model_cfg["quick_gelu"] = bool(getattr(model, "quick_gelu", False))  # open_clip reloads the same activation
-    if model.clip.logit_bias is not None:  # open_clip creates the bias parameter only when told to
-        model_cfg["init_logit_bias"] = float(model.clip.logit_bias.detach())
+    bias = model.logit_head.logit_bias
+    if bias is not None:  # open_clip creates the bias parameter only when told to
+        model_cfg["init_logit_bias"] = float(bias.detach())
     home = str(out_dir.resolve())
     if text_cfg.get("hf_model_name"):  # built from the config.json copied here; the weights are in the export
         text_cfg.update(hf_model_name=home, hf_model_pretrained=False)
@@ -99,7 +99,7 @@ def export_open_clip(model: DualEncoder, out_dir: Path, tokenizer: str = "open_c
         write_json_atomic(stage / OPEN_CLIP_CONFIG, config, sort_keys=False)
         if has_tokenizer:
             check_open_clip_tokenizer(stage, build_tokenizer(tokenizer, model.context_length), tokenizer)
-        _save_safetensors_atomic(open_clip_state_dict(model), stage / OPEN_CLIP_WEIGHTS, {"format": "pt"})
+        _save_safetensors_atomic(to_open_clip_state(model), stage / OPEN_CLIP_WEIGHTS, {"format": "pt"})
     return out_dir
 
 

@@ -10,7 +10,7 @@ text tower, the transformers ``config.json`` the tower is built from.
   ('open_clip') needs no file.
 - safetensors: the tokenizer files as vlp reads them (the SentencePiece model, the HF tokenizer
   folder), in a folder beside the file whose paths the metadata records
-  (``vlp.models.loading.vlp_safetensors_config`` reads them back).
+  (``vlp.interop.vlp_files.vlp_safetensors_config`` reads them back).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from vlp.data.tokenizers import Tokenizer, build_tokenizer, parse_tokenizer_spec
 from vlp.export.sentencepiece_hf import TokenizerExportError, sentencepiece_as_hf
-from vlp.models.consistency import PROBE_TEXTS
+from vlp.interop.consistency import PROBE_TEXTS
 
 CHECK_TEXTS = PROBE_TEXTS + ("a photo of a cat.", "  two  dogs\tplaying\nin the snow  ", "Tom &amp; Jerry &lt;3",
                              "“curly” ‘quotes’ — and dashes…", "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ", "x")

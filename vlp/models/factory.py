@@ -1,4 +1,4 @@
-"""Building a DualEncoder, its tokenizer and transforms from a ModelConfig."""
+"""Building a DualEncoder and its tokenizer from a ModelConfig, and loading weights into it."""
 
 from __future__ import annotations
 
@@ -7,12 +7,19 @@ from typing import Any, Dict, Mapping
 
 import torch
 
-from vlp.config import ConfigError, ModelConfig
 from vlp.data.tokenizers import Tokenizer, build_tokenizer, parse_tokenizer_spec
-from vlp.models.dual_encoder import DualEncoder, check_local_hf_model, resolve_arch
+from vlp.errors import ConfigError
+from vlp.models.arch import resolve_arch
+from vlp.models.dual_encoder import DualEncoder
+from vlp.models.open_clip_layout import as_vlp_state
+from vlp.models.towers.open_clip_text import check_local_hf_model
+
+ModelCfg = Any
+"""A ``vlp.config.ModelConfig`` (not imported: vlp.config reads the tower and head registries here,
+so models stay below config)."""
 
 
-def model_arch(cfg: ModelConfig) -> Dict[str, Any]:
+def model_arch(cfg: ModelCfg) -> Dict[str, Any]:
     """The open_clip architecture dict of ``cfg.arch`` fitted to the id scheme of ``cfg.tokenizer``
     (``vlp.data.tokenizers``).
 
@@ -81,12 +88,20 @@ def check_hf_text_tower(text_cfg: Mapping[str, Any], tokenizer_spec: str) -> Non
                              f"{positions}); set text_cfg.context_length")
 
 
-def build_model(cfg: ModelConfig) -> DualEncoder:
-    """A randomly initialised DualEncoder, or one loaded from the local file ``cfg.pretrained``."""
-    model = DualEncoder(model_arch(cfg), init_logit_scale=cfg.init_logit_scale,
-                        max_logit_scale=cfg.max_logit_scale, quick_gelu=cfg.quick_gelu,
-                        init_logit_bias=cfg.init_logit_bias)
-    if cfg.pretrained:
+def build_model(cfg: ModelCfg, *, for_checkpoint: bool = False) -> DualEncoder:
+    """The DualEncoder of ``cfg``: its towers and heads by name, randomly initialised, then the local
+    file ``cfg.pretrained`` loaded if set.
+
+    ``for_checkpoint``: the weights come from a checkpoint the caller loads next, so nothing is
+    loaded here: no ``cfg.pretrained``, and an HF text tower is built from its config alone
+    (``hf_model_pretrained`` off)."""
+    arch = model_arch(cfg)
+    if for_checkpoint and arch.get("text_cfg", {}).get("hf_model_name"):
+        arch["text_cfg"] = {**arch["text_cfg"], "hf_model_pretrained": False}
+    model = DualEncoder(arch, init_logit_scale=cfg.init_logit_scale, max_logit_scale=cfg.max_logit_scale,
+                        quick_gelu=cfg.quick_gelu, init_logit_bias=cfg.init_logit_bias,
+                        image_tower=cfg.image_tower, text_tower=cfg.text_tower, heads=cfg.heads)
+    if cfg.pretrained and not for_checkpoint:
         path = Path(cfg.pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"model.pretrained: file not found: {path}")
@@ -94,29 +109,19 @@ def build_model(cfg: ModelConfig) -> DualEncoder:
     return model
 
 
-def model_for_checkpoint(cfg: ModelConfig) -> DualEncoder:
-    """The DualEncoder a checkpoint trained with ``cfg`` loads into. An HF text tower is built from
-    its config alone (``hf_model_pretrained`` off): the checkpoint holds its weights."""
-    arch = model_arch(cfg)
-    if arch.get("text_cfg", {}).get("hf_model_name"):
-        arch["text_cfg"] = {**arch["text_cfg"], "hf_model_pretrained": False}
-    return DualEncoder(arch, init_logit_scale=cfg.init_logit_scale, max_logit_scale=cfg.max_logit_scale,
-                       quick_gelu=cfg.quick_gelu, init_logit_bias=cfg.init_logit_bias)
-
-
-def model_tokenizer(cfg: ModelConfig, model: DualEncoder) -> Tokenizer:
+def model_tokenizer(cfg: ModelCfg, model: DualEncoder) -> Tokenizer:
     return build_tokenizer(cfg.tokenizer, model.context_length)
 
 
 def load_weights(model: DualEncoder, state: Mapping[str, torch.Tensor]) -> None:
-    """Load our checkpoint dict, our state dict, or an open_clip state dict (keys without 'clip.')."""
+    """Load into ``model``: our checkpoint dict ({'model': ...}), our state dict, our state dict of
+    before issue 11 (open_clip's names under 'clip.'), or an open_clip state dict (possibly under
+    'state_dict', with 'module.' prefixes); see ``vlp.models.open_clip_layout``."""
     if "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     elif "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if not any(k.startswith("clip.") for k in state):
-        state = {f"clip.{k}": v for k, v in state.items()}
+    state = as_vlp_state(state)
     own = model.state_dict()
     shapes = [f"{k} {tuple(v.shape)} in the weights, {tuple(own[k].shape)} in the model"
               for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from vlp.models.heads import HEADS, head_provides
+
 ALWAYS = ("image_emb", "text_emb", "logit_scale")
 
 
 def _registered_head_outputs() -> Dict[str, str]:
     """{output: name of the first registered head that provides it (with its default options)}."""
-    try:  # ISSUE11-TRANSITION
-        from vlp.models.heads import HEADS, head_provides
-    except ImportError:
-        return {}
-
     by_output: Dict[str, str] = {}
     for name, head in HEADS.items():
         for output in head_provides(head, {}):
@@ -31,11 +28,6 @@ def _registered_head_outputs() -> Dict[str, str]:
 def available_outputs(model: Any, data: Any) -> Dict[str, Optional[str]]:
     """{output name: None when ``model`` / ``data`` (a ModelConfig and a DataConfig) produce it,
     else what to set to get it}."""
-    try:  # ISSUE11-TRANSITION
-        from vlp.models.heads import HEADS, head_provides
-    except ImportError:
-        HEADS, head_provides = {}, None
-
     available: Dict[str, Optional[str]] = {name: None for name in ALWAYS}
     available["logit_bias"] = (None if model.init_logit_bias is not None
                                else "model.init_logit_bias (SigLIP: -10, with model.init_logit_scale=2.302585)")
@@ -43,7 +35,7 @@ def available_outputs(model: Any, data: Any) -> Dict[str, Optional[str]]:
                                  else "data.num_negatives >= 1 (shards with key.neg.json: python -m data_prep negatives)")
     available["image_emb_aug"] = None if data.image_views >= 2 else "data.image_views=2"
     available["text_emb_aug"] = None if data.text_views >= 2 else "data.text_views=2"
-    configured = dict(getattr(model, "heads", None) or {})  # ISSUE11-TRANSITION
+    configured = dict(model.heads or {})
     for output, head in _registered_head_outputs().items():
         available.setdefault(output, f"model.heads.{head} (a head that provides {output})")
     for name, options in configured.items():

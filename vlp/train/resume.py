@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vlp.checkpoints import newest_for_resume
 from vlp.config import Config, ConfigError, config_from_yaml
-from vlp.train.checkpoint import newest_for_resume
+from vlp.models.open_clip_layout import OLD_PREFIX, as_vlp_state, open_clip_model
 from vlp.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,42 @@ def previous_run(run: RunDir, cfg: Config, world: int) -> Optional[Tuple[Path, D
     return None
 
 
+def reorder_optimizer_state(saved: Mapping[str, Any], optimizer: Any, saved_order: Sequence[Any]) -> Dict[str, Any]:
+    """``saved``, an optimizer state dict written when the parameters came in ``saved_order``,
+    renumbered for ``optimizer`` (the same parameters and groups, in today's order)."""
+    numbers = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    states: Dict[int, Any] = {}
+    groups = []
+    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
+        members = {id(p) for p in group["params"]}
+        then = [p for p in saved_order if id(p) in members]
+        for param, old in zip(then, saved_group["params"]):
+            if old in saved["state"]:
+                states[numbers[id(param)]] = saved["state"][old]
+        groups.append({**saved_group, "params": [numbers[id(p)] for p in group["params"]]})
+    return {**saved, "state": states, "param_groups": groups}
+
+
+def _saved_before_parts(state: Mapping[str, Any]) -> bool:
+    """A checkpoint written before issue 11: open_clip's names under 'clip.', parameters in open_clip's order."""
+    model = state.get("model")
+    return isinstance(model, Mapping) and any(str(k).startswith(OLD_PREFIX) for k in model)
+
+
 def load_states(path: Path, state: Mapping[str, Any], **targets: Any) -> None:
-    """``targets[name].load_state_dict(state[name])`` for each, with a clear error when the model does not fit."""
+    """``targets[name].load_state_dict(state[name])`` for each, with a clear error when the model does not fit.
+    The ``model`` entry is read in any layout ``vlp.models.open_clip_layout.as_vlp_state`` takes; a
+    checkpoint written before issue 11 (open_clip's names under 'clip.') numbered the optimizer's
+    parameters in open_clip's order, which is renumbered for today's."""
+    old = _saved_before_parts(state)
     for name, target in targets.items():
         if target is None or state.get(name) is None:
             continue
+        saved = as_vlp_state(state[name]) if name == "model" else state[name]
+        if name == "optimizer" and old and targets.get("model") is not None:
+            saved = reorder_optimizer_state(saved, target, list(open_clip_model(targets["model"]).parameters()))
         try:
-            target.load_state_dict(state[name])
+            target.load_state_dict(saved)
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0]
             raise ResumeError(f"checkpoint {path} does not fit the configured {name} ({first}); {WAYS_OUT}.") from None

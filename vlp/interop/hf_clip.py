@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlp.models.consistency import (Declaration, activation_notes, check_model_consistency, finish_loading,
-                                    name_declares_quick_gelu)
-from vlp.models.loading import LoadedModel
+from vlp.interop.consistency import (Declaration, activation_notes, check_model_consistency, finish_loading,
+                                     name_declares_quick_gelu)
+from vlp.interop.loaded import LoadedModel
+
 
 def text_attention_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1 up to and including each row's first ``eos_id``, 0 after (padding may reuse the eos id)."""

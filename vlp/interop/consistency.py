@@ -15,8 +15,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from vlp.models.loading import LoadedModel
 from vlp.errors import ModelMismatchError
+from vlp.interop.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ def _act(quick_gelu: bool) -> str:
 
 # ---------------------------------------------------------------- tokenizer facts
 
-def tokenizer_vocab_size(tokenizer: Any) -> Optional[int]:
-    """The number of ids a tokenizer can emit, where it says (ours, open_clip's, transformers')."""
+def tokenizer_id_count(tokenizer: Any) -> Optional[int]:
+    """The number of ids a tokenizer object can emit, where it says (ours, open_clip's, transformers');
+    not ``vlp.data.tokenizers.tokenizer_vocab_size``, the embedding rows a tokenizer spec needs."""
     inner = getattr(tokenizer, "tokenizer", None)  # open_clip.tokenizer.HFTokenizer wraps one
     if inner is not None and hasattr(inner, "__len__"):
         return len(inner)
@@ -108,7 +109,7 @@ def check_model_consistency(
         problems.append(f"context length: the tokenizer emits {width} tokens per text but the text tower's "
                         f"context length is {model_context_length}")
     rows = checkpoint_token_rows if checkpoint_token_rows is not None else model_token_rows
-    vocab = tokenizer_vocab_size(tokenizer)
+    vocab = tokenizer_id_count(tokenizer)
     if rows is not None:
         top = int(tokens.max())
         if top >= rows:

@@ -1,0 +1,214 @@
+"""open_clip's text towers as the 'open_clip' text tower: its TextTransformer (as open_clip's CLIP
+holds it), or, as CustomTextCLIP holds it, its HF text tower (``text_cfg.hf_model_name``, a local
+transformers folder) or a TextTransformer of an arch with ``custom_text``.
+
+Both run the text only as far as it can change the features: open_clip's causal tower up to the
+batch's last pooled (end) token (:func:`encode_text_trimmed`), an HF tower up to its last non-pad
+token (:func:`hf_text_length`); the result equals the full-context forward.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import open_clip
+import torch
+from torch import nn
+
+from vlp.models.towers.base import TextTower
+from vlp.models.towers.registry import register_text_tower
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+def check_local_hf_model(name: str, pretrained: bool) -> None:
+    """An HF text tower comes from a local folder only (open_clip would download a hub name);
+    with ``hf_model_pretrained`` the folder must hold weights."""
+    folder = Path(name)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"text_cfg.hf_model_name: {name} is not a local folder with a config.json (vlp never "
+                                "downloads: save the transformers model with save_pretrained and name its folder)")
+    if pretrained and not any((folder / f).is_file() for f in HF_WEIGHT_FILES):
+        raise FileNotFoundError(f"text_cfg.hf_model_name: {name} holds no weights ({', '.join(HF_WEIGHT_FILES[::2])}); "
+                                "set text_cfg.hf_model_pretrained: false to start the HF text tower from random init")
+
+
+class OpenCLIPTextTower(TextTower):
+    """open_clip's TextTransformer taken apart as open_clip's CLIP takes it: the same attributes
+    (``transformer``, ``token_embedding``, ``positional_embedding``, ``ln_final``,
+    ``text_projection``, ``attn_mask``, ``text_pool_type``, ``text_eos_id``), so the same
+    parameter names below this module and the same features."""
+
+    def __init__(self, *, transformer: nn.Module, token_embedding: nn.Module, positional_embedding: nn.Parameter,
+                 ln_final: nn.Module, text_projection: Any, attn_mask: Optional[torch.Tensor], pool_type: str,
+                 eos_id: Optional[int], vocab_size: int, context_length: int) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.token_embedding = token_embedding
+        self.positional_embedding = positional_embedding
+        self.ln_final = ln_final
+        self.text_projection = text_projection
+        self.text_pool_type = pool_type
+        self.text_eos_id = eos_id
+        self.register_buffer("attn_mask", attn_mask, persistent=False)
+        self._vocab_size, self._context_length = int(vocab_size), int(context_length)
+
+    @classmethod
+    def from_text_transformer(cls, text: nn.Module, context_length: int) -> "OpenCLIPTextTower":
+        """The parts of an open_clip TextTransformer (its ``cls_emb``, if any, is dropped, as CLIP drops it)."""
+        return cls(transformer=text.transformer, token_embedding=text.token_embedding,
+                   positional_embedding=text.positional_embedding, ln_final=text.ln_final,
+                   text_projection=text.text_projection, attn_mask=text.attn_mask, pool_type=text.pool_type,
+                   eos_id=text.eos_id, vocab_size=text.vocab_size, context_length=context_length)
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module, context_length: int) -> "OpenCLIPTextTower":
+        """The text half of an open_clip CLIP (its modules, not copies)."""
+        return cls(transformer=clip.transformer, token_embedding=clip.token_embedding,
+                   positional_embedding=clip.positional_embedding, ln_final=clip.ln_final,
+                   text_projection=clip.text_projection, attn_mask=clip.attn_mask, pool_type=clip.text_pool_type,
+                   eos_id=getattr(clip, "text_eos_id", None), vocab_size=clip.vocab_size, context_length=context_length)
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def describe(self) -> str:
+        return "open_clip TextTransformer"
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if can_trim_text(self):
+            return encode_text_trimmed(self, ids)
+        return open_clip.CLIP.encode_text(self, ids)  # open_clip's own forward: it reads only these parts
+
+    def token_states(self, ids: torch.Tensor) -> torch.Tensor:
+        length = ids.shape[1]
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(ids).to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        return self.ln_final(self.transformer(x, attn_mask=mask))
+
+
+class OpenCLIPCustomTextTower(TextTower):
+    """open_clip's text tower held whole, as CustomTextCLIP holds it (``text``): an HFTextEncoder,
+    or a TextTransformer whose own forward pools."""
+
+    def __init__(self, text: nn.Module, context_length: int) -> None:
+        super().__init__()
+        self.text = text
+        self._context_length = int(context_length)
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.text.vocab_size)
+
+    def describe(self) -> str:
+        return f"open_clip {type(self.text).__name__}"
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        length = hf_text_length(self, ids)
+        return self.text(ids if length is None else ids[:, :length])
+
+    def token_states(self, ids: torch.Tensor) -> torch.Tensor:
+        from open_clip.hf_model import HFTextEncoder
+
+        if isinstance(self.text, HFTextEncoder):
+            mask = (ids != self.text.config.pad_token_id).long()
+            return self.text.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        was = self.text.output_tokens
+        self.text.output_tokens = True
+        try:
+            _, tokens = self.text(ids)
+        finally:
+            self.text.output_tokens = was
+        return tokens
+
+
+@register_text_tower("open_clip")
+def build_open_clip_text_tower(arch: Mapping[str, Any], quick_gelu: bool) -> TextTower:
+    """open_clip's own text-tower builder on ``arch['text_cfg']``, held as open_clip's CLIP holds it,
+    or as CustomTextCLIP does for an HF tower or an arch with a ``custom_text`` key."""
+    from open_clip.model import _build_text_tower
+
+    text_cfg = arch.get("text_cfg", {})
+    if text_cfg.get("hf_model_name"):
+        check_local_hf_model(str(text_cfg["hf_model_name"]), bool(text_cfg.get("hf_model_pretrained", True)))
+    text = _build_text_tower(arch["embed_dim"], arch["text_cfg"], quick_gelu, None)
+    context = int(text_cfg.get("context_length", 77))
+    if "custom_text" in arch or "hf_model_name" in text_cfg:
+        return OpenCLIPCustomTextTower(text, context)
+    return OpenCLIPTextTower.from_text_transformer(text, context)
+
+
+# ---------------------------------------------------------------- the exact shortcuts
+
+def text_features(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text(text)`` (not normalised) of an open_clip model, computed on the batch cut
+    after its last real token wherever that gives the same features: open_clip's causal tower
+    pooled at the end token (:func:`encode_text_trimmed`) and HF towers (padding is masked out of
+    their attention)."""
+    if can_trim_text(clip):
+        return encode_text_trimmed(clip, text)
+    length = hf_text_length(clip, text)
+    return clip.encode_text(text if length is None else text[:, :length])
+
+
+def hf_text_length(clip: nn.Module, text: torch.Tensor) -> Optional[int]:
+    """For an HF text tower (``clip.text``), the position after the batch's last non-pad token (the
+    tower masks pad tokens out of attention and pooling, and positions count from the left, so
+    the padding after it changes nothing); None for other towers."""
+    from open_clip.hf_model import HFTextEncoder
+
+    tower = getattr(clip, "text", None)
+    pad = getattr(getattr(tower, "config", None), "pad_token_id", None)
+    if not isinstance(tower, HFTextEncoder) or pad is None or text.numel() == 0:
+        return None
+    positions = torch.arange(1, text.shape[1] + 1, device=text.device).expand_as(text)
+    return max(int((positions * (text != pad)).max()), 1)
+
+
+def text_pool_positions(text: torch.Tensor, pool_type: str, eos_id: Optional[int]) -> torch.Tensor:
+    """[B] the position open_clip's ``text_global_pool`` takes for 'argmax' (the largest id) or
+    'eos' (the first ``eos_id``; position 0 for a row without one)."""
+    if pool_type == "eos":
+        return (text == eos_id).int().argmax(dim=-1)
+    return text.argmax(dim=-1)
+
+
+def can_trim_text(clip: nn.Module) -> bool:
+    """True when ``clip`` (an open_clip CLIP or an :class:`OpenCLIPTextTower`) holds open_clip's
+    causal transformer pooled at the end token ('argmax' or 'eos'), so :func:`encode_text_trimmed`
+    gives its exact features."""
+    return (isinstance(clip, (open_clip.CLIP, OpenCLIPTextTower)) and clip.attn_mask is not None
+            and clip.text_pool_type in ("argmax", "eos") and not getattr(clip.transformer, "grad_checkpointing", False))
+
+
+def encode_text_trimmed(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's text features, running the tower only up to the batch's last pooled (end) token.
+
+    With a causal mask, a position never attends to later ones, so the padding after the
+    longest caption cannot change any pooled (end-of-text) feature: the result equals the
+    full-context forward, at the cost of the real caption lengths instead of the context
+    length (web captions average ~15 BPE tokens against a context of 77).
+    """
+    pooled = text_pool_positions(text, clip.text_pool_type, getattr(clip, "text_eos_id", None))
+    length = int(pooled.max().item()) + 1
+    text = text[:, :length]
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), pooled]
+    if clip.text_projection is None:
+        return x
+    return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
