@@ -13,6 +13,9 @@ open_clip model name or model-config JSON), an open_clip local-dir export, or a 
 CLIP directory. Embeddings are cached on disk by model and dataset content (--cache-dir, default
 $VLP_CACHE_DIR or ~/.cache/vlp/eval; --no-cache to turn off). Data parallel: start it with
 ``torchrun --nproc_per_node N -m eval run ...``.
+
+The sub-commands, their options and ``run``'s task list all come from the task declarations
+(:mod:`eval.tasks.registry`).
 """
 
 from __future__ import annotations
@@ -24,22 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from eval.encoding.cache import default_cache_dir
 from eval.report import write_result
 from eval.suite import format_table
+from eval.tasks import registry
+from eval.tasks.task import Option
 
-ENCODER_TASKS = ("zeroshot", "retrieval", "diagnostics", "linear_probe", "compositional")
-FORMAT_TASKS = ("aro", "sugarcrepe", "winoground")  # published formats, scored by caption choice
-#: single-task sub-command -> (task name of ``eval run``, dataset kind)
-SINGLE = {"zeroshot": ("zeroshot", "classification"), "retrieval": ("retrieval", "retrieval"),
-          "diagnostics": ("diagnostics", "retrieval"), "linear_probe": ("linear_probe", "classification"),
-          "compositional": ("compositionality", "compositional")}
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("VLP_CACHE_DIR"):
-        return Path(os.environ["VLP_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vlp" / "eval"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -58,62 +51,42 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for option in options:
+        parser.add_argument(*option.flags, **option.kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser: ``run``, one sub-command per task, and ``builtin``."""
     parser = argparse.ArgumentParser(prog="vlp-eval", description="Evaluate a CLIP model (CLIP_benchmark metrics).")
     sub = parser.add_subparsers(dest="command", required=True)
-    from eval.aro import SUBSETS as ARO_SUBSETS
-    from eval.run import KINDS, TASKS
-    from eval.sugarcrepe import SUBSETS as SUGARCREPE_SUBSETS
+    families, kinds = registry.families(), registry.kinds()
 
     run = sub.add_parser("run", help="several tasks on several datasets; JSON per task, CSV, markdown")
     _add_common(run)
-    run.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    run.add_argument("--tasks", default=",".join(families), help=f"comma-separated, from {', '.join(families)}")
     run.add_argument("--datasets", required=True, nargs="+",
-                     help=f"[KIND:]PATH items (comma- or space-separated); KIND one of {', '.join(KINDS)}")
+                     help=f"[KIND:]PATH items (comma- or space-separated); KIND one of {', '.join(kinds)}")
     run.add_argument("--output", required=True, help="output folder")
-    run.add_argument("--aro-exclude", default="", help="comma-separated ARO relations/attribute pairs to leave out")
-    run.add_argument("--grid-queries", type=int, default=4, help="text queries in the retrieval top-5 PNG (0: none)")
+    _add_options(run, registry.options("run"))
 
-    helps = {"aro": "ARO VG-Relation/VG-Attribution/COCO-Order/Flickr30k-Order from the published files",
-             "sugarcrepe": "SugarCrepe subsets from the published JSON files and COCO val2017 images",
-             "winoground": "Winoground from examples.jsonl and images/",
-             "diagnostics": "modality gap, uniformity, alignment, effective rank, similarity histogram PNG",
-             "linear_probe": "logistic regression on frozen image features (train/test splits)"}
-    tasks = {}
-    for name in ENCODER_TASKS + FORMAT_TASKS:
-        task = tasks[name] = sub.add_parser(name, help=helps.get(name, f"run the {name} task on one dataset"))
-        _add_common(task)
-        task.add_argument("--dataset", required=True, help="dataset folder or file (see `eval run` for the formats)")
-        task.add_argument("--output", required=True, help="result JSON file to write")
-    tasks["aro"].add_argument("--subset", required=True, choices=ARO_SUBSETS, help="which ARO set")
-    tasks["aro"].add_argument("--exclude", default="", help="comma-separated relations/attribute pairs to leave out")
-    for parser_ in (tasks["aro"], run):
-        parser_.add_argument("--keep-symmetric", action="store_true",
-                             help="VG-Relation headline macro accuracy over all relations (default: without the "
-                                  "symmetric ones, as ARO publishes)")
-    tasks["sugarcrepe"].add_argument("--subset", default=",".join(SUGARCREPE_SUBSETS),
-                                     help="comma-separated subsets (default: all seven)")
-    tasks["sugarcrepe"].add_argument("--image-root", default=None,
-                                     help="COCO val2017 folder (default DIR/val2017 or DIR)")
-    tasks["diagnostics"].add_argument("--histogram", default=None,
-                                      help="similarity histogram PNG (default: the output path with .png)")
-    from eval.search import BACKENDS
+    for task in registry.all_tasks():
+        single = sub.add_parser(task.name, help=task.help or f"run the {task.name} task on one dataset")
+        _add_common(single)
+        single.add_argument("--dataset", required=True, help="dataset folder or file (see `eval run` for the formats)")
+        single.add_argument("--output", required=True, help="result JSON file to write")
+        _add_options(single, [o for o in task.options if "task" in o.scopes])
 
-    builtin = sub.add_parser("builtin", help="`run` of zeroshot, retrieval, compositionality on "
-                                             "ROOT/{zeroshot,retrieval,compositional}")
+    suite = registry.builtin_tasks()
+    builtin = sub.add_parser("builtin", help=f"`run` of {', '.join(dict.fromkeys(t.family for t in suite))} on "
+                                             f"ROOT/{{{','.join(str(t.builtin) for t in suite)}}}")
     _add_common(builtin)
-    builtin.add_argument("--root", required=True, help="folder holding zeroshot/, retrieval/, compositional/")
+    builtin.add_argument("--root", required=True,
+                         help=f"folder holding {', '.join(f'{t.builtin}/' for t in suite)}")
     builtin.add_argument("--output-dir", "--output", dest="output_dir", required=True,
                          help="output folder: the files `run --output` writes (<dataset>_<task>.json, results.csv, "
                               "summary.md, retrieval PNG)")
-    builtin.add_argument("--grid-queries", type=int, default=4,
-                         help="text queries in the retrieval top-5 PNG (0: none)")
-    for parser_ in (run, tasks["retrieval"], builtin):
-        parser_.add_argument(
-            "--search", default="auto", choices=BACKENDS,
-            help="retrieval top-k: torch (exact), faiss-flat (exact), faiss-ivf (approximate); auto: torch up to "
-                 "100k gallery items, faiss-flat up to 1M, IVF beyond (the JSON's `search` says which ran)")
+    _add_options(builtin, registry.options("builtin"))
     return parser
 
 
@@ -125,17 +98,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
     if not Path(args.model).exists():
         raise FileNotFoundError(f"--model {args.model} does not exist")
-    if args.command == "sugarcrepe":
-        from eval.sugarcrepe import SUBSETS as SUGARCREPE_SUBSETS
-
-        unknown = [s for s in args.subset.split(",") if s.strip() and s.strip() not in SUGARCREPE_SUBSETS]
-        if unknown:
-            choices = ", ".join(SUGARCREPE_SUBSETS)
-            raise ValueError(f"unknown SugarCrepe subset(s) {', '.join(unknown)}; choose from {choices}")
     if args.command == "run":
         return
     data = Path(args.root if args.command == "builtin" else args.dataset)
-    if args.command in FORMAT_TASKS + ("builtin",) and not data.is_dir():
+    if (args.command == "builtin" or registry.get_task(args.command).folder) and not data.is_dir():
         raise FileNotFoundError(f"dataset folder {data} does not exist")
     if not data.exists():
         raise FileNotFoundError(f"dataset {data} does not exist")
@@ -143,10 +109,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def make_encoder(args: argparse.Namespace) -> Any:
     """Runtime (one or many ranks), cache and lazily loaded model for ``args``."""
-    from eval.cache import EmbeddingCache
-    from eval.encoder import EncodeOptions, Encoder
-    from eval.parallel import init_runtime
-    from eval.run import model_source
+    from eval.encoding.cache import EmbeddingCache
+    from eval.encoding.encoder import EncodeOptions, Encoder
+    from eval.encoding.parallel import init_runtime
+    from eval.encoding.source import model_source
 
     runtime = init_runtime(args.device)
     cache = EmbeddingCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
@@ -156,75 +122,33 @@ def make_encoder(args: argparse.Namespace) -> Any:
     return Encoder(source, cache, runtime, options)
 
 
-def _run_format_task(loaded: Any, args: argparse.Namespace, device: str) -> dict[str, Any]:
-    common = dict(batch_size=args.batch_size, device=device, progress=not args.no_progress)
-    if args.command == "aro":
-        from eval.aro import evaluate_aro
-
-        exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
-        return evaluate_aro(loaded, args.dataset, args.subset, exclude=exclude,
-                            symmetric_filter=not args.keep_symmetric, **common)
-    if args.command == "sugarcrepe":
-        from eval.sugarcrepe import evaluate_sugarcrepe
-
-        subsets = [s.strip() for s in args.subset.split(",") if s.strip()]
-        return evaluate_sugarcrepe(loaded, args.dataset, subsets, image_root=args.image_root, **common)
-    from eval.winoground import evaluate_winoground
-
-    return evaluate_winoground(loaded, args.dataset, **common)
-
-
-def _single_task(encoder: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """One encoder task on one dataset, through the same code as ``eval run``."""
-    import tempfile
-
-    from eval.run import DatasetSpec, RunOptions, run_tasks
-
-    task, kind = SINGLE[args.command]
-    with tempfile.TemporaryDirectory() as scratch:
-        results = run_tasks(encoder, [task], [DatasetSpec(kind, Path(args.dataset))], scratch,
-                            RunOptions(args.batch_size, args.num_workers, not args.no_progress, grid_queries=0,
-                                       search=getattr(args, "search", "auto")))
-        result = results[0]
-        if args.command == "diagnostics" and "histogram_png" in result:
-            target = Path(args.histogram or Path(args.output).with_suffix(".png"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(Path(result["histogram_png"]).read_bytes())
-            result["histogram_png"] = str(target)
-    result.pop("path", None)
-    return result
+def _scope_values(args: argparse.Namespace, scope: str) -> dict[str, Any]:
+    return {option.dest: getattr(args, option.dest) for option in registry.options(scope)}
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Run what ``args`` asks for and write its files; return {label: result} (rank 0 writes)."""
-    _check_args(args)
-    encoder = make_encoder(args)
-    main = encoder.runtime.is_main
-    if args.command == "run":
-        from eval.run import RunOptions, parse_dataset_specs, parse_tasks, run_tasks
+    from eval.run import RunOptions, parse_dataset_specs, parse_tasks, run_single, run_tasks
 
-        items = [i for chunk in args.datasets for i in chunk.split(",")]
-        options = RunOptions(args.batch_size, args.num_workers, not args.no_progress,
-                             tuple(e.strip() for e in args.aro_exclude.split(",") if e.strip()), args.grid_queries,
-                             args.search, aro_symmetric_filter=not args.keep_symmetric)
-        results = run_tasks(encoder, parse_tasks(args.tasks), parse_dataset_specs(items), args.output, options)
+    _check_args(args)
+    if args.command == "run":  # names checked before the encoder (and its runtime) start
+        tasks = parse_tasks(args.tasks)
+        specs = parse_dataset_specs([i for chunk in args.datasets for i in chunk.split(",")])
+        encoder = make_encoder(args)
+        results = run_tasks(encoder, tasks, specs, args.output, RunOptions(**_scope_values(args, "run")))
         labelled: dict[str, dict[str, Any]] = {}
         for r in results:  # two datasets of one name stay two entries
             label = f"{r['dataset']}/{r['task']}"
             labelled[label if label not in labelled else f"{label}#{len(labelled)}"] = r
         return labelled
-    if args.command == "builtin":  # `run` on the three folders: same files, same cache
-        from eval.run import RunOptions
+    encoder = make_encoder(args)
+    if args.command == "builtin":  # `run` on the suite's folders: same files, same cache
         from eval.suite import run_builtin
 
-        options = RunOptions(args.batch_size, args.num_workers, not args.no_progress, grid_queries=args.grid_queries,
-                             search=args.search)
-        return run_builtin(encoder, args.root, args.output_dir, options)
-    if args.command in FORMAT_TASKS:
-        result = _run_format_task(encoder.loaded, args, str(encoder.device))
-        result.setdefault("model_warnings", encoder.model_warnings())
-    else:
-        result = _single_task(encoder, args)
+        return run_builtin(encoder, args.root, args.output_dir, RunOptions(**_scope_values(args, "builtin")))
+    task = registry.get_task(args.command)
+    main = encoder.runtime.is_main
+    result = run_single(encoder, task, Path(args.dataset), vars(args), Path(args.output))
     if main:
         result["path"] = str(write_result(args.output, result))
     return {args.command: result}
@@ -236,14 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         results = run(args)
-    except (FileNotFoundError, ValueError) as exn:
+    except (FileNotFoundError, ValueError) as exn:  # a ModelMismatchError too: its message names --allow-mismatch
         print(f"vlp-eval: error: {exn}", file=sys.stderr)
         return 2
-    except Exception as exn:  # a model mismatch is refused with its own message
-        if type(exn).__name__ == "ModelMismatchError":  # its message names --allow-mismatch
-            print(f"vlp-eval: error: {exn}", file=sys.stderr)
-            return 2
-        raise
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(format_table(results))

@@ -1,8 +1,9 @@
-"""The built-in suite: zero-shot, retrieval and compositionality on ROOT/{zeroshot,retrieval,compositional}.
+"""The built-in suite: the tasks that declare a folder under the built-in root (``Task.builtin``:
+zero-shot, retrieval and compositionality on ROOT/{zeroshot,retrieval,compositional}).
 
-It is ``eval run`` on those three folders (:func:`eval.run.run_tasks`): the same tasks, readers,
-files and, from the CLI, the same embedding cache. :func:`evaluate_builtin` runs it on a model in
-memory (the trainer's final evaluation) without writing anything.
+It is ``eval run`` on those folders (:func:`eval.run.run_tasks`): the same tasks, readers, files
+and embedding cache. :func:`evaluate_builtin` runs it on a model in memory without writing
+anything; :func:`eval.training.evaluate_at_end` is the trainer's end-of-training evaluation.
 """
 
 from __future__ import annotations
@@ -14,37 +15,33 @@ from typing import Any
 
 import torch
 
-from eval.embed import EvalModel
-from eval.encoder import Encoder
-from eval.run import DatasetSpec, RunOptions, run_tasks
-
-#: suite entry name -> (sub-directory under the root, task of ``eval run``, dataset kind)
-BUILTIN_TASKS: dict[str, tuple[str, str, str]] = {
-    "zeroshot": ("zeroshot", "zeroshot", "classification"),
-    "retrieval": ("retrieval", "retrieval", "retrieval"),
-    "compositional": ("compositional", "compositionality", "compositional"),
-}
+from eval.datasets.kinds import DatasetSpec
+from eval.encoding.embed import EvalModel
+from eval.encoding.encoder import Encoder
+from eval.run import RunOptions, run_tasks
+from eval.tasks import registry
 
 
 def builtin_datasets(root: str | os.PathLike[str]) -> list[DatasetSpec]:
-    """The suite's datasets under ``root``; all three folders must exist (FileNotFoundError)."""
+    """The suite's datasets under ``root``; every folder must exist (FileNotFoundError)."""
     root = Path(root)
-    missing = [str(root / sub) for sub, _, _ in BUILTIN_TASKS.values() if not (root / sub).is_dir()]
+    tasks = registry.builtin_tasks()
+    missing = [str(root / t.builtin) for t in tasks if not (root / str(t.builtin)).is_dir()]
     if missing:
         raise FileNotFoundError(f"built-in eval root {root} lacks: {', '.join(missing)}")
-    return [DatasetSpec(kind, root / sub) for sub, _, kind in BUILTIN_TASKS.values()]
+    return [DatasetSpec(t.kinds[0], root / str(t.builtin)) for t in tasks]
 
 
 def run_builtin(encoder: Encoder, root: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None,
                 options: RunOptions | None = None) -> dict[str, dict[str, Any]]:
     """``eval run`` of the suite's tasks on its datasets (files in ``output_dir`` as ``eval run
-    --output`` writes them; none when None); return {entry name: result dict}."""
+    --output`` writes them; none when None); return {entry name (its folder): result dict}."""
+    tasks = registry.builtin_tasks()
     specs = builtin_datasets(root)
-    tasks = [task for _, task, _ in BUILTIN_TASKS.values()]
-    results = run_tasks(encoder, tasks, specs, output_dir, options)
-    if len(results) != len(BUILTIN_TASKS):  # one result per folder, in folder order
-        raise RuntimeError(f"built-in suite expected {len(BUILTIN_TASKS)} results, got {len(results)}")
-    return dict(zip(BUILTIN_TASKS, results))
+    results = run_tasks(encoder, [t.family for t in tasks], specs, output_dir, options)
+    if len(results) != len(tasks):  # one result per folder, in folder order
+        raise RuntimeError(f"built-in suite expected {len(tasks)} results, got {len(results)}")
+    return {str(t.builtin): result for t, result in zip(tasks, results)}
 
 
 def evaluate_builtin(
@@ -59,10 +56,10 @@ def evaluate_builtin(
     """Run every built-in task of an in-memory model on its folder under ``root`` (no cache, one
     process, no files); return {entry name: result dict}.
 
-    All three folders must exist (checked before any work starts).
+    All folders must exist (checked before any work starts).
     """
     encoder = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress)
-    return run_builtin(encoder, root, None, RunOptions(batch_size, num_workers, progress, grid_queries=0))
+    return run_builtin(encoder, root, None, RunOptions(grid_queries=0))
 
 
 def flat_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:

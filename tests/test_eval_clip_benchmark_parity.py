@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.metrics import build_classifier, retrieval_recall, zeroshot_logits, zeroshot_metrics
-from eval.search import search_recall
+from eval.encoding.search import search_recall
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.aro import evaluate_aro, read_order, read_vg
-from eval.aro_perturb import (
+from eval.benchmarks.aro import evaluate_aro, read_order, read_vg
+from eval.benchmarks.aro_perturb import (
     PERTURBATIONS,
     is_adjective,
     is_noun,
@@ -28,16 +28,16 @@ from eval.aro_perturb import (
     tokenize,
     trigrams,
 )
-from eval.caption_scoring import open_rgb
-from eval.compositional_metrics import (
+from eval.benchmarks.choices import open_rgb
+from eval.benchmarks.metrics import (
     aro_vg_metrics,
     best_of_options,
     grouped_accuracy,
     strict_pair_accuracy,
     winoground_scores,
 )
-from eval.sugarcrepe import evaluate_sugarcrepe, read_subset
-from eval.winoground import evaluate_winoground
+from eval.benchmarks.sugarcrepe import evaluate_sugarcrepe, read_subset
+from eval.benchmarks.winoground import evaluate_winoground
 from tests.test_eval_datasets import BLUE, GREEN, RED, FakeCLIP, FakeLoaded, fake_tokenize, fake_transform
 
 
@@ -313,7 +313,7 @@ def test_cli_runs_published_format_tasks(tmp_path: Path, monkeypatch: pytest.Mon
                         allow_mismatch: bool = False) -> FakeLoaded:
         return fake_loaded()
 
-    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
+    monkeypatch.setitem(sys.modules, "vlp.interop.load", types.SimpleNamespace(load_eval_model=load_eval_model))
     ckpt = tmp_path / "ckpt.pt"
     ckpt.write_bytes(b"")
     aro = make_aro_vg(tmp_path / "aro")

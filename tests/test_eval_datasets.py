@@ -17,13 +17,14 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from eval.compositionality import evaluate_compositional
-from eval.batching import batches, split_skipped
-from eval.datasets import ClassificationShards, CompositionalShards, RetrievalShards, Skipped
+from eval.tasks.compositionality import evaluate_compositional
+from eval.encoding.batching import batches, split_skipped
+from eval.datasets.records import Skipped
+from eval.datasets.shards import ClassificationShards, CompositionalShards, RetrievalShards
 from eval.report import read_result, write_result
-from eval.retrieval import evaluate_retrieval
+from eval.tasks.retrieval import evaluate_retrieval
 from eval.suite import evaluate_builtin, flat_metrics, format_table
-from eval.zeroshot import evaluate_zeroshot
+from eval.tasks.zeroshot import evaluate_zeroshot
 
 RED, GREEN, BLUE = (250, 10, 0), (5, 240, 20), (0, 30, 220)
 
@@ -305,7 +306,7 @@ def test_cli_runs_tasks_with_a_fake_loader(tmp_path: Path, monkeypatch: pytest.M
         seen.append((path, device))
         return fake_loaded()
 
-    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
+    monkeypatch.setitem(sys.modules, "vlp.interop.load", types.SimpleNamespace(load_eval_model=load_eval_model))
     ckpt = tmp_path / "run"
     ckpt.mkdir()
     root = make_builtin_root(tmp_path / "bench")
@@ -332,7 +333,7 @@ def test_cli_runs_tasks_with_a_fake_loader(tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_start_small_then_full_and_cover_every_sample_once(tmp_path: Path, workers: int) -> None:
-    from eval.batching import FIRST_BATCH
+    from eval.encoding.batching import FIRST_BATCH
 
     root = tmp_path / "many"
     root.mkdir()

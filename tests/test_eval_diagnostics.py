@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.diagnostics import (
+from eval.tasks.diagnostics import (
     NEGATIVE_COLOR,
     POSITIVE_COLOR,
     alignment,
@@ -124,7 +124,7 @@ def test_cli_diagnostics_writes_json_and_png(tmp_path: Path, monkeypatch: pytest
                         allow_mismatch: bool = False) -> FakeLoaded:
         return fake_loaded()
 
-    monkeypatch.setitem(sys.modules, "vlp.models.external", types.SimpleNamespace(load_eval_model=load_eval_model))
+    monkeypatch.setitem(sys.modules, "vlp.interop.load", types.SimpleNamespace(load_eval_model=load_eval_model))
     ckpt = tmp_path / "run"
     ckpt.mkdir()
     out = tmp_path / "diag.json"

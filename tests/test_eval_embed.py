@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.embed import encode_texts, length_batches, token_lengths
-from vlp.models.external import OpenCLIPEncoder
+from eval.encoding.embed import encode_texts, length_batches, token_lengths
+from vlp.interop.open_clip_files import OpenCLIPEncoder
 
 
 def test_length_batches_on_hand_built_lengths():

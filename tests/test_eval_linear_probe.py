@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
-from eval.linear_probe import (
+from eval.tasks.linear_probe import (
     DEFAULT_WEIGHT_DECAYS,
     best_weight_decay,
     evaluate_linear_probe,
@@ -241,8 +241,8 @@ def test_linear_probe_task_through_an_encoder(tmp_path: Path) -> None:
     the same result as encoding the shards directly."""
     from types import SimpleNamespace
 
-    from eval.datasets import ClassificationShards
-    from eval.linear_probe import encode_classification_split, linear_probe_task
+    from eval.datasets.shards import ClassificationShards
+    from eval.tasks.linear_probe import encode_classification_split, linear_probe_task
 
     root = make_probe_set(tmp_path / "colors")
     loaded = fake_loaded()

@@ -19,7 +19,7 @@ from eval.metrics import (
     zeroshot_logits,
     zeroshot_metrics,
 )
-from eval.zeroshot import class_prompts, zeroshot_classifier
+from eval.tasks.zeroshot import class_prompts, zeroshot_classifier
 
 
 # ---------------------------------------------------------------- zero-shot classification

@@ -178,7 +178,7 @@ threading.Thread(target=late).start()
 from concurrent.futures import ThreadPoolExecutor
 pool = ThreadPoolExecutor(2)  # left open: its idle workers must not hold the exit
 pool.submit(lambda: (out / "pool").write_text("ran"))
-from eval.encoder import ModelSource
+from eval.encoding.source import ModelSource
 never = threading.Event()
 ModelSource("fp", never.wait, "blocked").start_loading()  # a load nobody needs must not hold it either
 print("table", end="")

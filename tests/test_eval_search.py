@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.metrics import retrieval_recall
-from eval.search import (
+from eval.encoding.search import (
     FLAT_THRESHOLD,
     IVF_THRESHOLD,
     resolve_backend,

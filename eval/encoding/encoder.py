@@ -8,90 +8,28 @@ ranks (data parallel), and with the model loaded only when something must be enc
   are encoded and added.
 * :meth:`Encoder.texts` encodes a list of strings in batches (all class prompts at once, not a
   loop over classes), cached per (model, exact strings).
+
+Each also remembers its last answer in memory (even without a disk cache), so tasks that read
+one dataset in turn (retrieval, then diagnostics) encode it once.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from eval.cache import EmbeddingCache, digest_bytes, model_fingerprint
-from eval.batching import batches, split_skipped
-from eval.datasets import EvalDataset, Skipped
-from eval.embed import EvalModel, encode_image_batch, encode_texts, eval_mode
-from eval.parallel import EvalRuntime, map_sliced
+from eval.datasets.base import EvalDataset
+from eval.datasets.records import Skipped
+from eval.encoding.batching import batches, split_skipped
+from eval.encoding.cache import EmbeddingCache, digest_bytes
+from eval.encoding.embed import EvalModel, encode_image_batch, encode_texts, eval_mode, model_device
+from eval.encoding.parallel import EvalRuntime, map_sliced
+from eval.encoding.source import ModelSource
 
 log = logging.getLogger(__name__)
-
-
-class ModelSource:
-    """A model bundle to evaluate, identified by ``fingerprint`` and loaded on first use.
-
-    :meth:`start_loading` begins the load on a background thread, for a caller that expects to
-    need the model and has other work meanwhile (e.g. hashing the model's files for the cache
-    key: the hash releases the GIL, the load's imports and model build mostly hold it).
-    """
-
-    def __init__(self, fingerprint: str | Callable[[], str], load: Callable[[], EvalModel], name: str) -> None:
-        self._fingerprint, self._load, self.name = fingerprint, load, name
-        self._loaded: Optional[EvalModel] = None
-        self._loader: Optional[threading.Thread] = None
-        self._load_error: Optional[BaseException] = None
-
-    @property
-    def fingerprint(self) -> str:
-        """The cache identity (computed on first use: hashing weights costs time)."""
-        if callable(self._fingerprint):
-            self._fingerprint = self._fingerprint()
-        return self._fingerprint
-
-    @classmethod
-    def from_loaded(cls, loaded: EvalModel) -> "ModelSource":
-        """A model already in memory (e.g. the trainer's); fingerprinted by content."""
-        source = cls(lambda: model_fingerprint(loaded), lambda: loaded, loaded.name)
-        source._loaded = loaded
-        return source
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._loaded is not None
-
-    @property
-    def load_started(self) -> bool:
-        """True once a load began (in the background or in the caller's thread)."""
-        return self._loaded is not None or self._loader is not None
-
-    def start_loading(self) -> None:
-        """Load on a background thread; :attr:`loaded` waits for it (and raises its error).
-        The thread is a daemon: a process that ends without needing the model (every embedding
-        was cached after all, or an error) does not wait for the load."""
-        if self._loaded is not None or self._loader is not None:
-            return
-
-        def load() -> None:
-            try:
-                self._loaded = self._load()
-            except BaseException as exn:  # re-raised by `loaded`, where the load would have run
-                self._load_error = exn
-
-        self._loader = threading.Thread(target=load, name=f"load {self.name}", daemon=True)
-        self._loader.start()
-
-    @property
-    def loaded(self) -> EvalModel:
-        if self._loaded is None:
-            if self._loader is not None:
-                self._loader.join()
-                if self._load_error is not None:  # raised once; a later access loads again here
-                    error, self._load_error, self._loader = self._load_error, None, None
-                    raise error
-            else:
-                self._loaded = self._load()
-        return self._loaded
 
 
 @dataclass
@@ -135,14 +73,16 @@ class Encoder:
         self.images_encoded = 0  # images this rank ran through the model (0 on a warm run)
         self.texts_encoded = 0
         self._placed = False
+        self._last_images: Optional[tuple[EvalDataset, EncodedImages]] = None  # in-memory: the last answer
+        self._last_texts: Optional[tuple[str, torch.Tensor]] = None
 
     @classmethod
     def for_loaded(cls, loaded: EvalModel, batch_size: int = 256, device: str | torch.device | None = None,
-                   num_workers: int = 0, progress: bool = True) -> "Encoder":
-        """An uncached, one-process encoder for a model in memory (on its own device by default)."""
-        from eval.embed import model_device
-
-        return cls(ModelSource.from_loaded(loaded), options=EncodeOptions(batch_size, num_workers, progress),
+                   num_workers: int = 0, progress: bool = True, cache: EmbeddingCache | None = None,
+                   runtime: EvalRuntime | None = None) -> "Encoder":
+        """An encoder for a model in memory, on its own device by default (fingerprinted by its
+        weights); uncached and one process unless ``cache`` / ``runtime`` are given."""
+        return cls(ModelSource.from_loaded(loaded), cache, runtime, EncodeOptions(batch_size, num_workers, progress),
                    device=device if device is not None else model_device(loaded.model))
 
     @property
@@ -177,8 +117,8 @@ class Encoder:
         """Every record of ``dataset`` without decoding images (cached by content)."""
         key = digest_bytes("records", dataset.options_tag(), self.content_digest(dataset))
         cached = self.cache.load(key)
-        if cached is not None:
-            records = _records_from(cached["record_type"], cached["records"])
+        records = _records_from(cached["record_type"], cached["records"]) if cached is not None else None
+        if cached is not None and records is not None:
             return DatasetRecords(records, [Skipped(*s) for s in cached["skipped"]])
         decode, only = dataset.decode_images, dataset.only_keys
         dataset.decode_images, dataset.only_keys = False, None
@@ -200,8 +140,16 @@ class Encoder:
 
         Cache rows are keyed by :func:`sample_id` (position and key), so samples that share a key
         (e.g. shards whose keys restart) never share an embedding. Rank 0 reads the cache entry and
-        every rank uses its copy, so ranks agree even when their caches differ.
+        every rank uses its copy, so ranks agree even when their caches differ. The same reader
+        asked again (the next task on it) gets the answer kept in memory.
         """
+        if self._last_images is not None and self._last_images[0] is dataset:
+            return self._last_images[1]
+        encoded = self._images(dataset, desc)
+        self._last_images = (dataset, encoded)
+        return encoded
+
+    def _images(self, dataset: EvalDataset, desc: str) -> EncodedImages:
         meta = self.records(dataset)
         key = digest_bytes("images", self.model_key(), self.content_digest(dataset))
         main_entry = self.cache.load(key) if self.runtime.is_main else None
@@ -266,9 +214,17 @@ class Encoder:
 
     # ------------------------------------------------------------------ texts
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """[N, D] L2-normalised embeddings of ``texts`` (cached per model and exact strings)."""
+        """[N, D] L2-normalised embeddings of ``texts`` (cached per model and exact strings; the
+        last answer is also kept in memory)."""
         texts = list(texts)
-        key = digest_bytes("texts", self.model_key(), digest_bytes(*texts))
+        strings = digest_bytes(*texts)
+        if self._last_texts is not None and self._last_texts[0] == strings:
+            return self._last_texts[1]
+        emb = self._texts(texts, digest_bytes("texts", self.model_key(), strings))
+        self._last_texts = (strings, emb)
+        return emb
+
+    def _texts(self, texts: list[str], key: str) -> torch.Tensor:
         cached = self.runtime.from_main(self.cache.load(key) if self.runtime.is_main else None)
         if cached is not None:
             return cached["embeddings"]
@@ -296,12 +252,16 @@ def _record_type_name(records: list[Any]) -> str:
     return f"{type(records[0]).__module__}:{type(records[0]).__qualname__}" if records else ""
 
 
-def _records_from(type_name: str, rows: list[tuple]) -> list[Any]:
-    """Rebuild cached record tuples as the NamedTuple type they were saved from."""
+def _records_from(type_name: str, rows: list[tuple]) -> Optional[list[Any]]:
+    """Rebuild cached record tuples as the NamedTuple type they were saved from (None when that
+    type no longer exists: the entry is then a miss)."""
     if not rows:
         return []
     import importlib
 
     module, _, qualname = type_name.partition(":")
-    record_type = getattr(importlib.import_module(module), qualname)
+    try:
+        record_type = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):  # an entry written by code that named its types elsewhere
+        return None
     return [record_type(*row) for row in rows]

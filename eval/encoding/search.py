@@ -6,7 +6,7 @@ items that matrix no longer fits. Here the scores are produced in chunks (torch)
 :data:`IVF_THRESHOLD` items) and only the top k per query is kept.
 
 Scores are raw inner products ``query . item``: pass L2-normalised embeddings for cosine
-similarity (as ``eval.retrieval`` does).
+similarity (as ``eval.tasks.retrieval`` does).
 
 Ties. ``retrieval_recall`` calls ``torch.topk(k)`` (CPU) on each full score row, once per k, and
 which of several equal scores straddling the k-th place it keeps is up to PyTorch. A search

@@ -3,7 +3,7 @@
 * :class:`CsvClassification`: one sample per row; the label cell is a class index ("3") or a
   class name listed in the class names. Class names: ``classnames_file``, else
   ``classnames.txt`` beside the CSV, else (only when no label is an integer) the distinct label
-  names sorted, as torchvision sorts class folders. Templates as in ``eval.image_folder``
+  names sorted, as torchvision sorts class folders. Templates as in ``eval.datasets.image_folder``
   (``templates_file``, else ``templates.txt`` / ``zeroshot_classification_templates.txt``
   beside the CSV, else "a photo of a {c}.").
 * :class:`CsvRetrieval`: rows naming the same image form one sample whose captions are those
@@ -13,7 +13,7 @@
 The delimiter follows the extension (``.tsv``: tab, otherwise comma) unless given. Relative image
 paths resolve against ``image_root`` (default: the CSV's folder). Keys are the image cells as
 written. A row with an empty path, a bad label, no caption, or a missing / undecodable image
-becomes a :class:`~eval.datasets.Skipped` marker; a missing CSV, image root or column is an
+becomes a :class:`~eval.datasets.records.Skipped` marker; a missing CSV, image root or column is an
 error at construction.
 """
 
@@ -24,8 +24,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from eval.datasets import ClassificationRecord, EvalDataset, RetrievalRecord, Transform
-from eval.image_folder import find_templates, load_image, read_classnames
+from eval.datasets.base import EvalDataset, Transform, load_image
+from eval.datasets.image_folder import find_templates, read_classnames
+from eval.datasets.records import ClassificationRecord, RetrievalRecord
 
 
 def sniff_delimiter(path: Path) -> str:

@@ -24,12 +24,14 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from eval.embed import EvalModel
+from eval.encoding.embed import EvalModel
+from eval.encoding.encoder import Encoder
 from eval.metrics import positive_pairs
-from eval.retrieval import RetrievalEmbeddings, encode_retrieval_set
+from eval.tasks.retrieval import RetrievalEmbeddings, encode_retrieval, encode_retrieval_set, open_retrieval_set
+from eval.tasks.task import Task, option
 from vlp.utils.atomic import write_bytes_atomic
 
-TASK = "embedding_diagnostics"
+RESULT_TASK = "embedding_diagnostics"  # the result's `task` field (CLIP_benchmark's name)
 POSITIVE_COLOR, NEGATIVE_COLOR = (46, 139, 87), (200, 60, 60)
 
 
@@ -145,7 +147,7 @@ def diagnostics_result(model_name: str, enc: RetrievalEmbeddings, histogram_path
     result: dict[str, Any] = {
         "dataset": enc.dataset,
         "model": model_name,
-        "task": TASK,
+        "task": RESULT_TASK,
         "metrics": embedding_metrics(images, texts, owners),
         "histogram": {"bins": bins, "low": -1.0, "high": 1.0, "positive": pos_hist, "negative": neg_hist},
         "num_images": int(images.shape[0]),
@@ -172,3 +174,20 @@ def evaluate_diagnostics(
     :func:`diagnostics_result`)."""
     enc = encode_retrieval_set(loaded, dataset_dir, batch_size, device, num_workers, progress, desc="diagnostics")
     return diagnostics_result(loaded.name, enc, histogram_path, bins)
+
+
+def diagnostics_task(encoder: Encoder, dataset: Any, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The diagnostics of ``encoder``'s model on a retrieval dataset (see :func:`diagnostics_result`);
+    the histogram PNG goes to ``options["histogram"]``, else beside the results (``outputs``)."""
+    options = options or {}
+    outputs = options.get("outputs")
+    png = None
+    if outputs is not None:
+        png = options.get("histogram") or outputs.file("similarity_histogram", ".png")
+    return diagnostics_result(encoder.source.name, encode_retrieval(encoder, dataset), png)
+
+
+TASK = Task(name="diagnostics", kinds=("retrieval",), open=open_retrieval_set, run=diagnostics_task,
+            options=(option("--histogram", default=None,
+                            help="similarity histogram PNG (default: the output path with .png)"),),
+            help="modality gap, uniformity, alignment, effective rank, similarity histogram PNG", order=40)

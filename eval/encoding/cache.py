@@ -35,6 +35,14 @@ _READ_BLOCK = 1 << 26  # large blocks: hashing a checkpoint takes the GIL back r
 DIGEST_MEMO = "file_digests.sha256.json"  # named by the file-digest algorithm: a change starts a new memo
 
 
+def default_cache_dir() -> Path:
+    """``$VLP_CACHE_DIR``, else ``$XDG_CACHE_HOME/vlp/eval`` (``~/.cache/vlp/eval``)."""
+    if os.environ.get("VLP_CACHE_DIR"):
+        return Path(os.environ["VLP_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vlp" / "eval"
+
+
 def digest_bytes(*parts: bytes | str) -> str:
     """Hex BLAKE2b-160 of the parts, each length-prefixed (no ambiguity between splits)."""
     h = hashlib.blake2b(digest_size=20)

@@ -11,7 +11,7 @@
                                 "imgid": 0, "sentid": 770337}, ...],
                  "imgid": 0, "sentids": [...], "cocoid": 391895}, ...]}
 
-One :class:`~eval.datasets.RetrievalRecord` per image of the chosen split(s), in file order;
+One :class:`~eval.datasets.records.RetrievalRecord` per image of the chosen split(s), in file order;
 image = ``image_root / filepath / filename`` (``filepath`` absent for Flickr); captions = the
 ``raw`` strings in order, unchanged: CLIP_benchmark's ``mscoco_captions`` (torchvision
 ``CocoCaptions``) passes COCO captions through unstripped, and tokenizers normalise whitespace.
@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from eval.datasets import EvalDataset, RetrievalRecord, Transform
-from eval.image_folder import load_image
+from eval.datasets.base import EvalDataset, Transform, load_image
+from eval.datasets.records import RetrievalRecord
 
 log = logging.getLogger(__name__)
 

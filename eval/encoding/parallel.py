@@ -60,6 +60,16 @@ def init_runtime(device: str | None = None) -> EvalRuntime:
     return EvalRuntime(rank=state.process_index, world=state.num_processes, device=str(state.device))
 
 
+def process_group_runtime(device: str | torch.device) -> EvalRuntime:
+    """This process's place in a torch.distributed group its caller already started (the
+    trainer's), on ``device``; a single-process runtime when there is no group of several."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return EvalRuntime(rank=dist.get_rank(), world=dist.get_world_size(), device=str(device))
+    return EvalRuntime(device=str(device))
+
+
 def split_evenly(n: int, world: int, rank: int) -> slice:
     """The ``rank``-th of ``world`` contiguous, near-equal slices of ``range(n)``."""
     base, extra = divmod(n, world)

@@ -27,9 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from PIL import Image
-
-from eval.datasets import ClassificationRecord, EvalDataset, Transform, read_lines, validated_templates
+from eval.datasets.base import EvalDataset, Transform, load_image, read_lines, validated_templates
+from eval.datasets.records import ClassificationRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,6 @@ log = logging.getLogger(__name__)
 IMAGE_FOLDER_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {c}.",)
 TEMPLATE_FILES: tuple[str, ...] = ("templates.txt", "zeroshot_classification_templates.txt")
-
-
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode one image file to RGB (raises on a missing or undecodable file)."""
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
 
 
 def find_templates(folder: Path, templates_file: str | os.PathLike[str] | None) -> tuple[list[str], Path | None]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 class EvalModel(Protocol):
-    """What eval needs from a model bundle; ``vlp.models.loading.LoadedModel`` satisfies it."""
+    """What eval needs from a model bundle; ``vlp.interop.loaded.LoadedModel`` satisfies it."""
 
     model: torch.nn.Module  # .encode_image([B,3,H,W]) -> [B,D]; .encode_text([B,L]) -> [B,D]
     tokenizer: Callable[[list[str]], torch.Tensor]

@@ -1,5 +1,5 @@
 """Batches of eval dataset items, read by DataLoader workers, and the split of records from
-:class:`~eval.datasets.Skipped` markers."""
+:class:`~eval.datasets.records.Skipped` markers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 from typing import Any, Iterator
 
 import torch
-from tqdm import tqdm
 
-from eval.datasets import EvalDataset, Skipped
+from eval.datasets.base import EvalDataset
+from eval.datasets.records import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +52,6 @@ def batches(dataset: EvalDataset, batch_size: int, num_workers: int = 0) -> Iter
     batched = _Batched(dataset, batch_size, first)
     loader = torch.utils.data.DataLoader(batched, batch_size=None, num_workers=num_workers, collate_fn=_as_list)
     yield from loader
-
-
-class RecordBatches:
-    """Iterate lists of good records of ``dataset`` with a progress bar; ``skipped`` counts the
-    samples dropped on the way (each one logged). Batches with no good record are not yielded."""
-
-    def __init__(self, dataset: EvalDataset, batch_size: int, num_workers: int = 0, desc: str = "",
-                 progress: bool = True) -> None:
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
-        self.desc, self.progress = desc or dataset.name, progress
-        self.skipped = 0
-
-    def __iter__(self) -> Iterator[list[Any]]:
-        with tqdm(desc=self.desc, unit="img", disable=not self.progress) as bar:
-            for items in batches(self.dataset, self.batch_size, self.num_workers):
-                records, dropped = split_skipped(items)
-                self.skipped += len(dropped)
-                bar.update(len(items))
-                if records:
-                    yield records
 
 
 def split_skipped(items: list[Any]) -> tuple[list[Any], list[Skipped]]:

@@ -34,11 +34,14 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from eval.datasets import ClassificationShards
-from eval.embed import EvalModel
+from eval.datasets.kinds import DatasetSpec
+from eval.datasets.shards import ClassificationShards
+from eval.encoding.embed import EvalModel
+from eval.encoding.encoder import Encoder
 from eval.metrics import zeroshot_metrics
+from eval.tasks.task import Task
 
-TASK = "linear_probe"
+RESULT_TASK = "linear_probe"  # the result's `task` field (CLIP_benchmark's name)
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = tuple(10.0**e for e in range(-6, 1))
 DEFAULT_EPOCHS = 200
 DEFAULT_VAL_FRACTION = 0.2
@@ -225,8 +228,6 @@ def encode_classification_split(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(features [N, D], labels [N], skipped)`` of one split, L2-normalised image features."""
-    from eval.encoder import Encoder
-
     images = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress).images(
         dataset, desc=f"linear probe {dataset.name}/{dataset.split}")
     labels = torch.tensor([r.label for r in images.records], dtype=torch.long)
@@ -260,7 +261,7 @@ def _probe_result(
     return {
         "dataset": dataset,
         "model": model,
-        "task": TASK,
+        "task": RESULT_TASK,
         **result,
         "skipped": skipped,
         "epochs": options["epochs"],
@@ -291,8 +292,6 @@ def evaluate_linear_probe(
     val_fraction (None with a val split). The probe is trained on ``device`` (default: the
     model's device).
     """
-    from eval.encoder import Encoder
-
     datasets = {split: ClassificationShards(dataset_dir, split=split) for split in probe_splits(dataset_dir)}
     encoder = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress)
     return linear_probe_task(encoder, datasets, val_fraction=val_fraction, weight_decays=weight_decays,
@@ -302,6 +301,7 @@ def evaluate_linear_probe(
 def linear_probe_task(
     encoder: Any,
     datasets: dict[str, Any],
+    options: dict[str, Any] | None = None,
     *,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
@@ -309,12 +309,13 @@ def linear_probe_task(
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """Linear probe through an ``eval.encoder.Encoder`` (embedding cache, several ranks).
+    """Linear probe through an :class:`~eval.encoding.encoder.Encoder` (embedding cache, several ranks).
 
     ``datasets`` maps ``"train"``, ``"test"`` and optionally ``"val"`` to classification readers
     (with ``classnames``); ``encoder.images(dataset, desc=...)`` must give ``records`` (with
     ``label``), ``embeddings`` and ``skipped``, and ``encoder.source.name`` the model name. Same
-    result dict as :func:`evaluate_linear_probe`.
+    result dict as :func:`evaluate_linear_probe`. ``options`` (the task options of ``eval run``)
+    has nothing for this task.
     """
     if "train" not in datasets or "test" not in datasets:
         raise ValueError(f"linear probe needs 'train' and 'test' datasets, got {sorted(datasets)}")
@@ -328,3 +329,17 @@ def linear_probe_task(
     options = {"val_fraction": val_fraction, "weight_decays": weight_decays, "epochs": epochs, "seed": seed}
     device = device if device is not None else getattr(encoder, "device", None)
     return _probe_result(test.name, encoder.source.name, encoded, len(test.classnames), skipped, options, device)
+
+
+def open_probe_splits(spec: DatasetSpec, options: dict[str, Any]) -> dict[str, ClassificationShards]:
+    """train/test (and val when present) readers of a CLIP_benchmark classification folder."""
+    splits = probe_splits(spec.path)
+    missing = [s for s in ("train", "test") if not (spec.path / s / "nshards.txt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"linear_probe needs {spec.path}/train and /test shards "
+                                f"(missing: {', '.join(missing)})")
+    return {split: ClassificationShards(spec.path, split=split) for split in splits}
+
+
+TASK = Task(name="linear_probe", kinds=("classification",), open=open_probe_splits, run=linear_probe_task,
+            help="logistic regression on frozen image features (train/test splits)", order=50)

@@ -7,12 +7,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from eval.datasets import ClassificationShards
-from eval.embed import EvalModel, encode_texts, eval_mode
-from eval.encoder import Encoder
+from eval.datasets.kinds import DatasetSpec, open_reader
+from eval.datasets.shards import ClassificationShards
+from eval.encoding.embed import EvalModel, encode_texts, eval_mode
+from eval.encoding.encoder import Encoder
 from eval.metrics import build_classifier, per_class_recall, zeroshot_logits, zeroshot_metrics
+from eval.tasks.task import Task
 
-TASK = "zeroshot_classification"
+RESULT_TASK = "zeroshot_classification"  # the result's `task` field (CLIP_benchmark's name)
 
 
 def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -35,7 +37,7 @@ def zeroshot_classifier(
     return build_classifier(emb.view(len(classnames), len(templates), -1))
 
 
-def zeroshot_task(encoder: Encoder, dataset: Any) -> dict[str, Any]:
+def zeroshot_task(encoder: Encoder, dataset: Any, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Zero-shot classification of ``encoder``'s model on a classification dataset (any reader
     with ``classnames`` and ``templates``); the result dict in CLIP_benchmark's format.
 
@@ -54,7 +56,7 @@ def zeroshot_task(encoder: Encoder, dataset: Any) -> dict[str, Any]:
     return {
         "dataset": dataset.name,
         "model": encoder.source.name,
-        "task": TASK,
+        "task": RESULT_TASK,
         "metrics": metrics,
         "per_class_recall": {
             name: (None if r != r else r) for name, r in zip(dataset.classnames, recall)  # NaN -> None
@@ -72,7 +74,16 @@ def evaluate_zeroshot(
     num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Zero-shot classification of an in-memory model on a CLIP_benchmark webdataset folder
-    (no cache, one process); see :func:`zeroshot_task`."""
+    """The task on a model in memory and a CLIP_benchmark webdataset folder (no cache, one
+    process); see :func:`zeroshot_task`."""
     encoder = Encoder.for_loaded(loaded, batch_size, device, num_workers, progress)
     return zeroshot_task(encoder, ClassificationShards(dataset_dir))
+
+
+def open_classification_set(spec: DatasetSpec, options: dict[str, Any]) -> Any:
+    """The classification reader of ``spec`` (CLIP_benchmark folder, image folder, CSV)."""
+    return open_reader(spec)
+
+
+TASK = Task(name="zeroshot", kinds=("classification",), open=open_classification_set, run=zeroshot_task,
+            help="run the zeroshot task on one dataset", order=10, builtin="zeroshot")

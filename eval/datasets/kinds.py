@@ -1,4 +1,9 @@
-"""Open an eval set from a path, picking the reader from what the path is.
+"""Dataset kinds: a path and its kind (:class:`DatasetSpec`), the kind told from the files, and
+the reader of a classification or retrieval set picked from what the path is.
+
+Kinds read here: ``classification``, ``retrieval`` and ``compositional`` (our shards); the
+published benchmark formats (ARO, SugarCrepe, Winoground) are told apart by their own task
+declarations (:mod:`eval.tasks.compositionality`).
 
 =========================================  =============================  =======================
 path                                       classification                 retrieval
@@ -22,12 +27,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-from eval.csv_datasets import CsvClassification, CsvRetrieval
-from eval.datasets import ClassificationShards, EvalDataset, RetrievalShards, Transform
-from eval.image_folder import ImageFolderClassification
-from eval.karpathy import KarpathyRetrieval
+from dataclasses import dataclass
+
+from eval.datasets.base import EvalDataset, Transform
+from eval.datasets.csv_tables import CsvClassification, CsvRetrieval
+from eval.datasets.image_folder import ImageFolderClassification
+from eval.datasets.karpathy import KarpathyRetrieval
+from eval.datasets.shards import ClassificationShards, CompositionalShards, RetrievalShards
 
 CSV_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
+GENERIC_KINDS: tuple[str, ...] = ("classification", "retrieval", "compositional")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset to evaluate on: its ``kind`` (what tasks read it) and its ``path``."""
+
+    kind: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path.is_file() else self.path.resolve().name
 
 CLASSIFICATION_LAYOUTS = (
     "a CLIP_benchmark webdataset folder (DIR/test/nshards.txt + shards)",
@@ -111,3 +132,72 @@ def _check_reader_options(reader: type[EvalDataset], options: dict[str, Any], sk
     if unknown:
         raise ValueError(f"{reader.__name__} does not take option(s) {', '.join(unknown)}; "
                          f"it takes: {', '.join(params)}")
+
+
+# ---------------------------------------------------------------------- kinds
+def _first_sample_fields(shard: Path) -> set[str]:
+    import tarfile
+
+    fields: set[str] = set()
+    try:
+        with tarfile.open(shard) as tar:
+            first_key = None
+            for member in tar:
+                base = Path(member.name).name
+                key, _, ext = base.partition(".")
+                if first_key is None:
+                    first_key = key
+                if key != first_key:
+                    break
+                fields.add(ext)
+    except (OSError, tarfile.TarError):
+        pass
+    return fields
+
+
+def _folder_kind(path: Path) -> str | None:
+    declared = path / "dataset_type.txt"
+    if declared.is_file():
+        return "retrieval" if declared.read_text().strip().lower() == "retrieval" else "classification"
+    if (path / "classnames.txt").is_file() and (path / "test" / "nshards.txt").is_file():
+        return "classification"
+    if (path / "test" / "0.tar").is_file():
+        fields = _first_sample_fields(path / "test" / "0.tar")
+        if "cls" in fields:
+            return "classification"
+        if "json" in fields:
+            return "compositional"
+        if "txt" in fields:
+            return "retrieval"
+    if any(child.is_dir() for child in path.iterdir()):
+        return "classification"  # image folder: one sub-folder per class
+    return None
+
+
+def detect_kind(path: Path) -> str | None:
+    """The generic kind of the dataset at ``path`` from its files, or None when it cannot tell
+    (FileNotFoundError when nothing is there)."""
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return "retrieval"  # Karpathy-split JSON
+        if suffix in CSV_SUFFIXES:
+            header = path.open(encoding="utf-8", errors="replace").readline().lower()
+            return "classification" if "label" in header else "retrieval"
+        return None
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    return _folder_kind(path)
+
+
+def open_reader(spec: DatasetSpec) -> EvalDataset:
+    """The reader of a classification, retrieval or compositional spec (images not transformed yet)."""
+    if spec.kind == "classification":
+        return open_classification(spec.path, None)
+    if spec.kind == "retrieval":
+        if spec.path.is_file() and spec.path.suffix.lower() == ".json":  # Karpathy JSON: images beside it
+            return open_retrieval(spec.path, None, image_root=spec.path.parent)
+        return open_retrieval(spec.path, None)
+    if spec.kind == "compositional":
+        return CompositionalShards(spec.path)
+    raise ValueError(f"{spec.kind} datasets are read by their own task")
