@@ -1,4 +1,8 @@
-"""``vlp-train`` / ``python train.py``: train from a YAML recipe plus section.key=value overrides."""
+"""``vlp-train`` / ``python train.py``: train from a YAML recipe plus section.key=value overrides.
+
+The end-of-training evaluation is the caller's to hand in (``train.py`` gives eval's); ``vlp-train``
+uses the installed one (vlp/train/evaluation.py).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vlp.config import Config, ConfigError, config_to_yaml, load_config
+from vlp.train.evaluation import INSTALLED, EvaluateAtEnd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
                "e.g. loss.terms.0.weight=0.5):\n\n" + describe_config(Config()))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, evaluate: EvaluateAtEnd | str | None = INSTALLED) -> int:
     parser = _parser()
     parser.add_argument("--config", help="YAML recipe (see configs/)")
     parser.add_argument("--print-config", action="store_true",
@@ -42,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vlp.train.engine import train
 
     try:
-        run_dir = train(cfg, recipe=Path(args.config).stem if args.config else None)
+        run_dir = train(cfg, recipe=Path(args.config).stem if args.config else None, evaluate=evaluate)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,43 @@
+"""The end-of-training evaluation: an interface the trainer calls, implemented by an application.
+
+The library never imports its applications, so the trainer receives its evaluation as a
+function ``evaluate(model, cfg, run_dir) -> results or None``, called on every rank after the
+final checkpoint (each rank may encode its part; files are the implementation's to write, once).
+``train.py`` hands in eval's (``eval.training.evaluate_at_end``); a caller that passes nothing
+gets the one an installed distribution declares under the entry-point group ``vlp.evaluation``
+with the name ``at_end`` (this project's pyproject.toml declares eval's), or none when no
+distribution declares one.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+log = logging.getLogger(__name__)
+
+EvaluateAtEnd = Callable[[Any, Any, Path], Optional[Dict[str, Any]]]
+ENTRY_POINT_GROUP = "vlp.evaluation"
+ENTRY_POINT_NAME = "at_end"
+INSTALLED = "installed"
+"""``train(evaluate=INSTALLED)``: use the installed application's evaluation."""
+
+
+def installed_evaluation() -> Optional[EvaluateAtEnd]:
+    """The evaluation declared under ``vlp.evaluation:at_end``, or None (with a log line) when none is."""
+    found = list(entry_points(group=ENTRY_POINT_GROUP, name=ENTRY_POINT_NAME))
+    if not found:
+        log.info("no end-of-training evaluation is installed (entry point %s:%s)", ENTRY_POINT_GROUP, ENTRY_POINT_NAME)
+        return None
+    return found[0].load()
+
+
+def resolve_evaluation(evaluate: EvaluateAtEnd | str | None) -> Optional[EvaluateAtEnd]:
+    """``evaluate`` itself, the installed one for :data:`INSTALLED`, None for None."""
+    if evaluate == INSTALLED:
+        return installed_evaluation()
+    if isinstance(evaluate, str):
+        raise ValueError(f"evaluate must be a function, {INSTALLED!r} or None, got {evaluate!r}")
+    return evaluate
