@@ -108,3 +108,33 @@ def test_two_processes_with_torchrun(shapes_dir, tmp_path, cli_env):
     assert proc.returncode == 2 and "world size (processes): 2 -> 1" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert torch.load(tmp_path / "ddp/checkpoints/final.pt", weights_only=True)["step"] == 6
+
+
+def _metrics(results):
+    return {name: result["metrics"] for name, result in results.items()}
+
+
+def test_end_of_training_evaluation_on_two_processes_equals_one(shapes_dir, tmp_path, cli_env):
+    """train.py hands eval's evaluation to the trainer, which runs it on every rank: the split
+    evaluation of the final model equals ``eval builtin`` of it in one process; ``vlp-train``
+    (here ``python -m vlp.train.cli``) finds the same evaluation through the installed entry point."""
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+            "train.py", "--config", "configs/tiny.yaml", f"data.train_shards={shapes_dir}/train",
+            f"eval.builtin_root={shapes_dir}/eval", f"train.output_dir={tmp_path}", "train.run_name=ddp",
+            "train.steps=3", "data.workers=1", "eval.batch_size=8", *TINY_OVERRIDES]
+    proc = _run(args, cli_env)
+    assert proc.stdout.count("results: ") == 1  # printed by rank 0 only
+    split = json.loads((tmp_path / "ddp/eval_results.json").read_text())
+    _run([sys.executable, "-m", "eval", "builtin", "--model", str(tmp_path / "ddp"), "--root", f"{shapes_dir}/eval",
+          "--output-dir", str(tmp_path / "single"), "--no-cache", "--no-progress", "--num-workers", "0"], cli_env)
+    single = {name: json.loads(next((tmp_path / "single").glob(f"*_{task}.json")).read_text())
+              for name, task in (("zeroshot", "zeroshot"), ("retrieval", "retrieval"),
+                                 ("compositional", "compositionality"))}
+    assert _metrics(split).keys() == _metrics(single).keys()
+    for name in split:
+        assert split[name]["metrics"] == pytest.approx(single[name]["metrics"], abs=1e-6), name
+    proc = _run([sys.executable, "-m", "vlp.train.cli", "--config", "configs/tiny.yaml",
+                 f"data.train_shards={shapes_dir}/train", f"eval.builtin_root={shapes_dir}/eval",
+                 f"train.output_dir={tmp_path}", "train.run_name=entry", "train.steps=2", "data.workers=0",
+                 *TINY_OVERRIDES], cli_env)
+    assert (tmp_path / "entry/eval_results.json").is_file() and "results: " in proc.stdout

@@ -39,6 +39,20 @@ def all_tasks() -> list[Task]:
     return list(_TASKS.values())
 
 
+def register_task(task: Task) -> Task:
+    """Add ``task`` to the table: for a task declared outside ``eval/tasks/`` (a plugin, a test).
+    A task inside the package needs no call: its module's ``TASK`` is found by listing."""
+    all_tasks()
+    assert _TASKS is not None
+    if task.name in _TASKS:
+        raise RuntimeError(f"two eval tasks are named {task.name!r}")
+    _TASKS[task.name] = task
+    ordered = sorted(_TASKS.values(), key=lambda t: (t.order, t.name))
+    _TASKS.clear()
+    _TASKS.update((t.name, t) for t in ordered)
+    return task
+
+
 def get_task(name: str) -> Task:
     for task in all_tasks():
         if task.name == name:

@@ -1,0 +1,113 @@
+"""The head registry: optional heads by name (``model.heads``: {name: options}), each adding outputs to the outputs dict.
+
+A head is an :class:`Head` subclass registered with ``@register_head("name")``. The DualEncoder
+builds it as ``HeadClass(image_tower, text_tower, **options)`` (the towers are handed over to read
+their sizes and to run them; they stay the DualEncoder's modules, not the head's) and, after the
+towers and the logit head, calls ``head(inputs, outputs)``: ``inputs`` is the model's input dict
+(``image``, ``text`` and whichever optional inputs the batch has), ``outputs`` the outputs so far;
+the head returns a dict of new outputs, which are merged in (heads run in config order, so a
+head sees the outputs of those before it).
+
+What a head provides is known without building it: every head class has the class attribute
+``provides`` (a tuple of output names) and the classmethod ``provides_for(options)``, which by
+default returns ``provides`` and is overridden by heads whose outputs depend on their options.
+Read it through :func:`head_provides` (what ``vlp.models.outputs`` does). A head that returns an
+output it did not declare is an error.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, ClassVar, Dict, Mapping, Tuple, Type
+
+import torch
+from torch import nn
+
+from vlp.errors import ConfigError
+
+HEADS: Dict[str, Type["Head"]] = {}
+"""{registered name: head class}."""
+ENCODER_OUTPUTS = ("image_emb", "text_emb", "logit_scale", "logit_bias", "neg_text_emb", "image_emb_aug", "text_emb_aug")
+"""Outputs the DualEncoder gives itself; no head may provide them."""
+
+
+class Head(nn.Module):
+    """Base of every head: ``forward(inputs, outputs) -> {new output: tensor}``."""
+
+    provides: ClassVar[Tuple[str, ...]] = ()
+    """Names of the outputs the head adds (with any options)."""
+
+    def __init__(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
+        super().__init__()
+        self._towers = (image_tower, text_tower)  # a tuple: not registered as submodules here
+
+    @classmethod
+    def provides_for(cls, options: Mapping[str, Any]) -> Tuple[str, ...]:
+        """The outputs this head adds under ``options`` (default: :attr:`provides`)."""
+        return tuple(cls.provides)
+
+    @property
+    def image_tower(self) -> nn.Module:
+        return self._towers[0]
+
+    @property
+    def text_tower(self) -> nn.Module:
+        return self._towers[1]
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def register_head(name: str) -> Callable[[Type[Head]], Type[Head]]:
+    """Decorator: register a :class:`Head` subclass as ``name`` (a Python identifier)."""
+
+    def register(cls: Type[Head]) -> Type[Head]:
+        if not name.isidentifier():
+            raise ValueError(f"head name {name!r} must be an identifier (it names a submodule)")
+        if not (isinstance(cls, type) and issubclass(cls, Head)):
+            raise TypeError(f"head {name!r}: {cls!r} is not a vlp.models.heads.Head subclass")
+        if name in HEADS and HEADS[name] is not cls:
+            raise ValueError(f"head {name!r} is registered twice")
+        HEADS[name] = cls
+        return cls
+
+    return register
+
+
+def head_provides(head: Type[Head], options: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The outputs head class ``head`` adds with ``options`` (read without building it)."""
+    return tuple(head.provides_for(dict(options or {})))
+
+
+def _option_names(cls: Type[Head]) -> Tuple[Tuple[str, ...], bool]:
+    """(keyword options of the head's __init__ after the towers, whether it takes **kwargs)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, image_tower, text_tower
+    names = tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_heads(heads: Mapping[str, Mapping[str, Any]], key: str = "model.heads") -> None:
+    """ConfigError for an unknown head name or option (naming the valid ones), or an output that
+    a head provides and the DualEncoder or an earlier head already gives."""
+    given = {output: "the DualEncoder" for output in ENCODER_OUTPUTS}
+    for name, options in heads.items():
+        if name not in HEADS:
+            valid = ", ".join(sorted(HEADS)) or "(none registered)"
+            raise ConfigError(f"{key}.{name}: unknown head {name!r}, valid names: {valid}")
+        names, any_kwargs = _option_names(HEADS[name])
+        unknown = sorted(set(options or {}) - set(names))
+        if unknown and not any_kwargs:
+            raise ConfigError(f"{key}.{name}: unknown option(s) {unknown}; valid options: {', '.join(names) or '(none)'}")
+        for output in head_provides(HEADS[name], options):
+            if output in given:
+                raise ConfigError(f"{key}.{name}: the head provides {output!r}, which {given[output]} already gives")
+            given[output] = f"head {name!r}"
+
+
+def build_head(name: str, options: Mapping[str, Any], image_tower: nn.Module, text_tower: nn.Module) -> Head:
+    """The head registered as ``name``, built with ``options`` over the two towers."""
+    check_heads({name: options})
+    return HEADS[name](image_tower, text_tower, **dict(options or {}))
+
+
+__all__ = ["ENCODER_OUTPUTS", "HEADS", "Head", "build_head", "check_heads", "head_provides", "register_head"]
