@@ -60,8 +60,9 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     torch.manual_seed(0)
     ours = DualEncoder(cfg.model.arch)
-    anchor = open_clip.CLIP(**{k: ours.arch[k] for k in ("embed_dim", "vision_cfg", "text_cfg")},
-                            quick_gelu=ours.quick_gelu)
+    custom = "custom_text" in ours.arch or ours.arch["text_cfg"].get("hf_model_name")
+    anchor = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(
+        **{k: ours.arch[k] for k in ("embed_dim", "vision_cfg", "text_cfg")}, quick_gelu=ours.quick_gelu)
     anchor.load_state_dict(to_open_clip_state(ours), strict=True)  # the same weights, in open_clip's layout
     tokenizer = build_tokenizer("open_clip", ours.context_length)
     texts = tokenizer([CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)])

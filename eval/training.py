@@ -43,7 +43,7 @@ def evaluate_at_end(model: Any, cfg: Any, run_root: Path) -> Optional[dict[str, 
     if not cfg.eval.at_end or not cfg.eval.builtin_root:
         return None
     root = Path(cfg.eval.builtin_root)
-    if not root.is_dir():
+    if not runtime.from_main(root.is_dir()):  # rank 0 decides: node-local folders must not split the ranks
         if runtime.is_main:
             log.warning("eval.builtin_root %s not found; skipping the final evaluation", root)
         return None

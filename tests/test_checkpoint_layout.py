@@ -1,4 +1,4 @@
-"""Checkpoints written before the model had named parts (issue 11: open_clip's names under 'clip.',
+"""Checkpoints written before the model had named parts (open_clip's names under 'clip.',
 parameters in open_clip's order) still load for eval, export and resume, and give the same model."""
 
 import open_clip
@@ -12,13 +12,13 @@ from vlp.interop.load import load_eval_model
 from vlp.interop.vlp_files import load_model
 from vlp.models.dual_encoder import DualEncoder
 from vlp.models.factory import load_weights
-from vlp.models.open_clip_layout import open_clip_model
+from vlp.models.open_clip_layout import to_open_clip_key
 from vlp.train.optim import build_optimizer
 from vlp.train.resume import load_states
 
 
 def _old_state(seed=0, **kwargs):
-    """What DualEncoder.state_dict() wrote before issue 11: the wrapped open_clip CLIP's, under 'clip.'."""
+    """What DualEncoder.state_dict() wrote before the model had named parts: the wrapped open_clip CLIP's, under 'clip.'."""
     torch.manual_seed(seed)
     clip = open_clip.CLIP(**TINY_ARCH, **kwargs)
     with torch.no_grad():
@@ -70,26 +70,26 @@ def test_old_checkpoint_in_a_run_dir_loads_for_eval(tmp_path):
 
 
 def test_old_checkpoint_resumes_with_each_parameters_optimizer_state(tmp_path):
-    """Before issue 11 the optimizer numbered the parameters in open_clip's order (logit_scale
+    """Before the model had named parts, the optimizer numbered the parameters in open_clip's order (logit_scale
     first); resuming renumbers them, so each parameter gets its own Adam moments back."""
-    torch.manual_seed(0)
-    trained = DualEncoder(TINY_ARCH)
-    old_optimizer = build_optimizer(open_clip_model(trained), OptimConfig())  # open_clip's names and order
+    reference, old_model = _old_state()[0], torch.nn.Module()
+    old_model.clip = reference  # what the model was: open_clip's CLIP under .clip, its parameters in its order
+    old_optimizer = build_optimizer(old_model, OptimConfig())
     images, texts = _inputs()
-    out = trained(images, texts)
-    (out["image_emb"] @ out["text_emb"].T * out["logit_scale"]).sum().backward()
+    image_emb, text_emb, scale = reference(images, texts)[:3]
+    (image_emb @ text_emb.T * scale).sum().backward()
     old_optimizer.step()
-    old = {"model": {f"clip.{k}": v for k, v in open_clip_model(trained).state_dict().items()},
-           "optimizer": old_optimizer.state_dict()}
+    old = {"model": old_model.state_dict(), "optimizer": old_optimizer.state_dict()}
+    old_params = dict(old_model.named_parameters())
 
     model = DualEncoder(TINY_ARCH)
     optimizer = build_optimizer(model, OptimConfig())
     load_states(tmp_path / "final.pt", old, model=model, optimizer=optimizer)
-    then = dict(trained.named_parameters())
     for name, param in model.named_parameters():
-        assert torch.equal(param, then[name]), name
+        then = old_params["clip." + to_open_clip_key(name)]
+        assert torch.equal(param, then), name
         for moment in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(optimizer.state[param][moment], old_optimizer.state[then[name]][moment]), name
+            assert torch.equal(optimizer.state[param][moment], old_optimizer.state[then][moment]), name
     # a checkpoint of today's layout loads as it is
     fresh = DualEncoder(TINY_ARCH)
     fresh_optimizer = build_optimizer(fresh, OptimConfig())

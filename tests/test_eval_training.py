@@ -126,3 +126,23 @@ def test_evaluate_at_end_needs_every_builtin_folder(tmp_path: Path) -> None:
     model, cfg = tiny_model_and_config(root)
     with pytest.raises(FileNotFoundError, match="compositional"):
         evaluate_at_end(model, cfg, tmp_path)
+
+
+def test_in_memory_fingerprint_sees_what_the_weights_do_not():
+    """Two models with the same weights that encode differently (GELU vs QuickGELU) never share
+    cache entries; the same model always does."""
+    from eval.encoding.source import in_memory_fingerprint
+    from vlp.config import Config
+    from vlp.interop.loaded import wrap_model
+    from vlp.models.dual_encoder import DualEncoder
+
+    def loaded(quick_gelu: bool):
+        torch.manual_seed(0)
+        return wrap_model(DualEncoder(TINY_ARCH, quick_gelu=quick_gelu).eval(), Config(), name="m")
+
+    plain, quick = loaded(False), loaded(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), quick.model.state_dict().values()))
+    images = torch.randn(2, 3, 16, 16)
+    assert not torch.equal(plain.model.encode_image(images), quick.model.encode_image(images))
+    assert in_memory_fingerprint(plain) != in_memory_fingerprint(quick)
+    assert in_memory_fingerprint(plain) == in_memory_fingerprint(loaded(False))

@@ -54,6 +54,11 @@ def test_safetensors_round_trip_and_run_dir_loading(tmp_path):
         for other in (fresh, again):
             assert torch.equal(other.encode_image(images), model.encode_image(images))
             assert torch.equal(other.encode_text(texts), model.encode_text(texts))
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as exported:  # the file names the layout of its tensor names
+        assert exported.metadata()["vlp_state_layout"] == "parts-1"
+        assert {key.split(".")[0] for key in exported.keys()} == {"image_tower", "text_tower", "logit_head"}
 
 
 def test_open_clip_export_keeps_the_siglip_bias(tmp_path):

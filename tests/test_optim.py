@@ -27,7 +27,7 @@ def test_no_decay_on_norms_biases_embeddings_and_temperature():
     for name in ("transformer.resblocks.0.attn.in_proj_weight", "visual.conv1.weight",
                  "text_projection", "visual.proj"):
         assert from_open_clip_key(name) in decay, name
-    # the same groups as under open_clip's names (what checkpoints before issue 11 were trained with)
+    # the same groups as under open_clip's names (what checkpoints before the model had named parts were trained with)
     as_open_clip = build_optimizer(open_clip_model(model), OptimConfig(weight_decay=0.2))
     for ours, theirs in zip(opt.param_groups, as_open_clip.param_groups):
         assert {id(p) for p in ours["params"]} == {id(p) for p in theirs["params"]}

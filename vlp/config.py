@@ -267,10 +267,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        from vlp.losses.registry import missing_inputs
+        from vlp.losses.registry import check_term_inputs
         from vlp.models.outputs import available_outputs
 
-        missing_inputs(self.loss.terms, available_outputs(self.model, self.data))
+        check_term_inputs(self.loss.terms, available_outputs(self.model, self.data))
 
 
 def _valid_keys(schema: Any, prefix: str = "") -> List[str]:

@@ -46,7 +46,9 @@ READERS: Dict[str, ReaderFormat] = {}
 
 
 def register_reader(reader_format: ReaderFormat) -> ReaderFormat:
-    if reader_format.name in READERS or reader_format.name == "auto":
+    if reader_format.name == "auto":
+        raise ValueError("'auto' is --format's detection, not a reader name")
+    if reader_format.name in READERS and READERS[reader_format.name] is not reader_format:
         raise ValueError(f"ingest reader {reader_format.name!r} is registered twice")
     READERS[reader_format.name] = reader_format
     return reader_format

@@ -43,7 +43,7 @@ class ModelSource:
     @classmethod
     def from_loaded(cls, loaded: EvalModel) -> "ModelSource":
         """A model already in memory (e.g. the trainer's); fingerprinted by content."""
-        source = cls(lambda: model_fingerprint(loaded), lambda: loaded, loaded.name)
+        source = cls(lambda: in_memory_fingerprint(loaded), lambda: loaded, loaded.name)
         source._loaded = loaded
         return source
 
@@ -95,6 +95,16 @@ def model_files(spec: Path) -> list[Path]:
     if ckpt is not None:
         return [Path(ckpt)]
     return sorted(p for p in spec.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def in_memory_fingerprint(loaded: EvalModel) -> str:
+    """The cache identity of a model in memory: its weights, tokenizer and transform behaviour
+    (:func:`model_fingerprint`), what it is built of beyond its weights (its module tree, which
+    names activations and pooling, and its architecture settings) and the encoding code."""
+    model = loaded.model
+    settings = {"arch": getattr(model, "arch", None), "quick_gelu": getattr(model, "quick_gelu", None)}
+    return digest_bytes("in-memory", model_fingerprint(loaded), repr(model),
+                        json.dumps(settings, sort_keys=True, default=str), encoding_code_digest())
 
 
 def encoding_code_digest() -> str:

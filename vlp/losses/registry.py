@@ -61,7 +61,7 @@ def validate_terms(terms: Sequence[Any]) -> None:
             close = difflib.get_close_matches(spec.name, list(LOSS_TERMS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"loss.terms[{i}].name: unknown objective {spec.name!r}{hint} "
-                              f"(valid: {', '.join(LOSS_TERMS)})")
+                              f"(valid: {', '.join(sorted(LOSS_TERMS))})")
         valid = _options_of(LOSS_TERMS[spec.name])
         for key in spec.options:
             if key not in valid:
@@ -69,7 +69,7 @@ def validate_terms(terms: Sequence[Any]) -> None:
                                   f"(valid: {', '.join(valid) or 'none'})")
 
 
-def missing_inputs(terms: Sequence[Any], available: Mapping[str, Optional[str]]) -> None:
+def check_term_inputs(terms: Sequence[Any], available: Mapping[str, Optional[str]]) -> None:
     """Fail at start-up when a term reads an output the model will not produce.
 
     ``available`` maps the output names the model can give to None when the configured model and

@@ -115,7 +115,7 @@ def model_tokenizer(cfg: ModelCfg, model: DualEncoder) -> Tokenizer:
 
 def load_weights(model: DualEncoder, state: Mapping[str, torch.Tensor]) -> None:
     """Load into ``model``: our checkpoint dict ({'model': ...}), our state dict, our state dict of
-    before issue 11 (open_clip's names under 'clip.'), or an open_clip state dict (possibly under
+    before the model had named parts (open_clip's names under 'clip.'), or an open_clip state dict (possibly under
     'state_dict', with 'module.' prefixes); see ``vlp.models.open_clip_layout``."""
     if "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]

@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 PART_PREFIXES = ("image_tower.", "text_tower.", "logit_head.", "heads.")
+STATE_LAYOUT = "parts-1"
+"""Names the layout above in exported files (safetensors metadata ``vlp_state_layout``); the
+``clip.``-prefixed layout before it had no name."""
 OLD_PREFIX = "clip."
 LOGIT_KEYS = ("logit_scale", "logit_bias")
 
@@ -57,8 +60,8 @@ def from_open_clip_state(state: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def as_vlp_state(state: Mapping[str, Any]) -> Dict[str, Any]:
-    """Our state dict from any layout we read: ours; ours of before issue 11 (open_clip's names
-    under ``clip.``); open_clip's own (with or without ``module.`` prefixes)."""
+    """Our state dict from any layout we read: ours; ours from before the model had named parts
+    (open_clip's names under ``clip.``); open_clip's own (with or without ``module.`` prefixes)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith(OLD_PREFIX) for k in state):
         return {(from_open_clip_key(k[len(OLD_PREFIX):]) if k.startswith(OLD_PREFIX) else k): v

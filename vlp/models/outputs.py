@@ -4,7 +4,7 @@
 follow from the config: ``logit_bias`` from ``model.init_logit_bias``, ``neg_text_emb`` from hard
 negatives in the batch, ``image_emb_aug`` / ``text_emb_aug`` from second views, and whatever the
 heads in ``model.heads`` provide. The loss registry checks each term's declared inputs against
-this before any work starts (``vlp.losses.registry.missing_inputs``).
+this before any work starts (``vlp.losses.registry.check_term_inputs``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vlp.config import Config, ConfigError, config_to_yaml, load_config
-from vlp.train.evaluation import INSTALLED, EvaluateAtEnd
+from vlp.train.evaluation import INSTALLED, EvaluationChoice
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
                "e.g. loss.terms.0.weight=0.5):\n\n" + describe_config(Config()))
 
 
-def main(argv: Optional[List[str]] = None, evaluate: EvaluateAtEnd | str | None = INSTALLED) -> int:
+def main(argv: Optional[List[str]] = None, evaluate: EvaluationChoice = INSTALLED) -> int:
     parser = _parser()
     parser.add_argument("--config", help="YAML recipe (see configs/)")
     parser.add_argument("--print-config", action="store_true",

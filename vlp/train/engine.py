@@ -32,7 +32,7 @@ from vlp.data.transforms import normalize_on_device, train_transform
 from vlp.losses.registry import compute_objective
 from vlp.models.factory import build_model, count_parameters, model_tokenizer
 from vlp.checkpoints import FINAL_NAME, prune_step_checkpoints, save_atomic
-from vlp.train.evaluation import INSTALLED, EvaluateAtEnd, resolve_evaluation
+from vlp.train.evaluation import INSTALLED, EvaluationChoice, resolve_evaluation
 from vlp.train.optim import build_optimizer, build_scheduler
 from vlp.train.precision import Precision, accelerate_precision
 from vlp.train.resume import load_states, previous_run, resume_epoch
@@ -48,7 +48,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class _Run:
+class TrainState:
     """Everything one training run holds between its steps."""
 
     cfg: Config
@@ -60,7 +60,7 @@ class _Run:
     scheduler: Any
     transform: Any
     loader: Any
-    run: RunDir
+    run_dir: RunDir
     samples_per_epoch: int
     step: int = 0
     samples_seen: int = 0
@@ -76,14 +76,17 @@ class _Run:
         return self.cfg.train.batch_size * self.accelerator.num_processes
 
 
-def _save(r: _Run, path: Path) -> None:
-    if r.accelerator.is_main_process:
-        state = {"model": r.accelerator.unwrap_model(r.model).state_dict(), "optimizer": r.optimizer.state_dict(),
-                 "scheduler": r.scheduler.state_dict(), "grad_scaler": r.precision.state_dict(), "step": r.step,
-                 "config": config_to_yaml(r.cfg), "samples_seen": r.samples_seen,
-                 "world_size": r.accelerator.num_processes}
-        save_atomic(state, path)
-    r.accelerator.wait_for_everyone()
+def _save(state: TrainState, path: Path) -> None:
+    """An atomic checkpoint of everything a resume needs, written by rank 0; every rank waits."""
+    accelerator = state.accelerator
+    if accelerator.is_main_process:
+        checkpoint = {"model": accelerator.unwrap_model(state.model).state_dict(),
+                      "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                      "grad_scaler": state.precision.state_dict(), "step": state.step,
+                      "config": config_to_yaml(state.cfg), "samples_seen": state.samples_seen,
+                      "world_size": accelerator.num_processes}
+        save_atomic(checkpoint, path)
+    accelerator.wait_for_everyone()
 
 
 def _run_name(accelerator: Accelerator, cfg: Config, recipe: Optional[str]) -> str:
@@ -129,7 +132,7 @@ def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, resumed
     accelerator.wait_for_everyone()
 
 
-def _start(cfg: Config, recipe: Optional[str]) -> _Run | Path:
+def _start(cfg: Config, recipe: Optional[str]) -> TrainState | Path:
     """Build and place everything, resuming from the run directory when it allows; the run
     directory itself when there is nothing left to train."""
     if cfg.train.threads:
@@ -168,103 +171,103 @@ def _start(cfg: Config, recipe: Optional[str]) -> _Run | Path:
         accelerator.print(f"resumed from {resume[0]} at step {step}; data from epoch {start_epoch} "
                           f"({samples_seen} samples seen)")
     model, optimizer = accelerator.prepare(model, optimizer)
-    return _Run(cfg, accelerator, precision, model, accelerator.unwrap_model(model), optimizer, scheduler, transform,
-                loader, run, samples_per_epoch, step=step, samples_seen=samples_seen,
-                skipped=SkipReport(cfg.data.skip_log_interval_s))
+    return TrainState(cfg, accelerator, precision, model, accelerator.unwrap_model(model), optimizer, scheduler,
+                      transform, loader, run, samples_per_epoch, step=step, samples_seen=samples_seen,
+                      skipped=SkipReport(cfg.data.skip_log_interval_s))
 
 
-def _step(r: _Run, batch: Dict[str, Any]) -> Optional[Dict[str, torch.Tensor]]:
+def _step(state: TrainState, batch: Dict[str, Any]) -> Optional[Dict[str, torch.Tensor]]:
     """One optimizer update on ``batch``; its losses, or None when the loss was not finite on some
     rank and the batch was skipped everywhere."""
-    r.samples_seen += r.global_batch  # consumed, whether or not the step is kept
-    r.skipped.update(batch["skipped"])
-    device = r.accelerator.device
+    state.samples_seen += state.global_batch  # consumed, whether or not the step is kept
+    state.skipped.update(batch["skipped"])
+    device = state.accelerator.device
     inputs = {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
     for k in IMAGE_INPUTS:
         if k in inputs:
-            inputs[k] = normalize_on_device(inputs[k], r.transform.mean, r.transform.std)
-    with r.precision.autocast():
-        outputs = r.model(**inputs)
-        losses = compute_objective(outputs, r.cfg.loss.terms)
-    if _any_rank(r.accelerator, not torch.isfinite(losses["total"]).item()):
-        r.nonfinite_total += 1
-        r.nonfinite_in_a_row += 1
-        r.optimizer.zero_grad(set_to_none=True)
-        if r.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-            raise NonFiniteLossError(f"loss was not finite for {r.nonfinite_in_a_row} steps in a row at step {r.step}; "
-                                     f"the last checkpoint in {r.run.checkpoints} is intact. Lower optim.lr or check the data.")
+            inputs[k] = normalize_on_device(inputs[k], state.transform.mean, state.transform.std)
+    with state.precision.autocast():
+        outputs = state.model(**inputs)
+        losses = compute_objective(outputs, state.cfg.loss.terms)
+    if _any_rank(state.accelerator, not torch.isfinite(losses["total"]).item()):
+        state.nonfinite_total += 1
+        state.nonfinite_in_a_row += 1
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise NonFiniteLossError(f"loss was not finite for {state.nonfinite_in_a_row} steps in a row at step "
+                                     f"{state.step}; the last checkpoint in {state.run_dir.checkpoints} is intact. "
+                                     "Lower optim.lr or check the data.")
         return None
-    r.nonfinite_in_a_row = 0
-    r.precision.backward(losses["total"])
-    r.scaler_skipped += not r.precision.step(r.optimizer, r.model.parameters(), r.cfg.optim.grad_clip_norm)
-    r.scheduler.step()
-    r.optimizer.zero_grad(set_to_none=True)
-    r.unwrapped.clamp_logit_scale()
-    r.window_samples += r.global_batch
-    r.step += 1
+    state.nonfinite_in_a_row = 0
+    state.precision.backward(losses["total"])
+    stepped = state.precision.step(state.optimizer, state.model.parameters(), state.cfg.optim.grad_clip_norm)
+    state.scaler_skipped += not stepped
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.unwrapped.clamp_logit_scale()
+    state.window_samples += state.global_batch
+    state.step += 1
     return losses
 
 
-def _log(r: _Run, losses: Dict[str, torch.Tensor], progress: tqdm) -> None:
+def _log(state: TrainState, losses: Dict[str, torch.Tensor], progress: tqdm) -> None:
     """One metrics.jsonl line: mean losses over ranks, throughput since the last line, counters."""
-    elapsed = time.perf_counter() - r.window_start
-    mean_losses = {k: r.accelerator.reduce(v.detach().float(), reduction="mean").item() for k, v in losses.items()}
+    elapsed = time.perf_counter() - state.window_start
+    mean_losses = {k: state.accelerator.reduce(v.detach().float(), reduction="mean").item() for k, v in losses.items()}
     record: Dict[str, Any] = {
-        "step": r.step, "lr": r.scheduler.get_last_lr()[0],
-        "logit_scale": r.unwrapped.logit_head.scale().detach().item(),
-        "samples_per_s": r.window_samples / max(elapsed, 1e-9),
+        "step": state.step, "lr": state.scheduler.get_last_lr()[0],
+        "logit_scale": state.unwrapped.logit_head.scale().detach().item(),
+        "samples_per_s": state.window_samples / max(elapsed, 1e-9),
         **{f"loss/{k}": v for k, v in mean_losses.items()},
-        "skipped_samples": _sum_over_ranks(r.skipped.totals), "nonfinite_steps": r.nonfinite_total,
-        **({"scaler_skipped_steps": r.scaler_skipped} if r.precision.scaler is not None else {}),
+        "skipped_samples": _sum_over_ranks(state.skipped.totals), "nonfinite_steps": state.nonfinite_total,
+        **({"scaler_skipped_steps": state.scaler_skipped} if state.precision.scaler is not None else {}),
     }
-    if r.samples_per_epoch:
-        record["epoch"] = r.step * r.global_batch / r.samples_per_epoch
+    if state.samples_per_epoch:
+        record["epoch"] = state.step * state.global_batch / state.samples_per_epoch
     progress.set_postfix(loss=f"{mean_losses['total']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
-    if r.accelerator.is_main_process:
-        r.run.log_metrics(record)
-    r.window_start, r.window_samples = time.perf_counter(), 0
+    if state.accelerator.is_main_process:
+        state.run_dir.log_metrics(record)
+    state.window_start, state.window_samples = time.perf_counter(), 0
 
 
-def _loop(r: _Run) -> None:
+def _loop(state: TrainState) -> None:
     """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``checkpoint_every``."""
-    cfg = r.cfg
-    progress = tqdm(total=cfg.train.steps, initial=r.step, disable=not r.accelerator.is_main_process,
+    cfg = state.cfg
+    progress = tqdm(total=cfg.train.steps, initial=state.step, disable=not state.accelerator.is_main_process,
                     desc="train", unit="step", dynamic_ncols=True)
-    batches = iter(r.loader)
-    r.window_start, r.window_samples = time.perf_counter(), 0
-    r.model.train()
-    while r.step < cfg.train.steps:  # r.step: optimizer updates done; a skipped batch does not count
-        losses = _step(r, next(batches))
+    batches = iter(state.loader)
+    state.window_start, state.window_samples = time.perf_counter(), 0
+    state.model.train()
+    while state.step < cfg.train.steps:  # state.step: optimizer updates done; a skipped batch does not count
+        losses = _step(state, next(batches))
         if losses is None:
             continue
         progress.update(1)
-        if r.step % cfg.train.log_every == 0 or r.step == cfg.train.steps:
-            _log(r, losses, progress)
-        if r.step % cfg.train.checkpoint_every == 0 and r.step < cfg.train.steps:
-            _save(r, r.run.checkpoints / f"step-{r.step:08d}.pt")
-            if r.accelerator.is_main_process:
-                prune_step_checkpoints(r.run.checkpoints, cfg.train.keep_checkpoints)
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+            _log(state, losses, progress)
+        if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps:
+            _save(state, state.run_dir.checkpoints / f"step-{state.step:08d}.pt")
+            if state.accelerator.is_main_process:
+                prune_step_checkpoints(state.run_dir.checkpoints, cfg.train.keep_checkpoints)
     progress.close()
 
 
-def _finish(r: _Run, evaluate: Optional[EvaluateAtEnd]) -> None:
+def _finish(state: TrainState, evaluate: EvaluationChoice) -> None:
     """The final checkpoint, the run summary, then the end-of-training evaluation on every rank."""
-    all_skipped = _sum_over_ranks(r.skipped.totals)
-    _save(r, r.run.checkpoints / FINAL_NAME)
-    if r.accelerator.is_main_process:
-        r.run.save_json("train_summary.json", {
-            "steps": r.step, "global_batch": r.global_batch, "world_size": r.accelerator.num_processes,
-            "precision": r.cfg.train.precision, "skipped_samples": all_skipped,
-            "nonfinite_steps": r.nonfinite_total, "scaler_skipped_steps": r.scaler_skipped})
-    if evaluate is not None and r.cfg.eval.at_end and r.cfg.eval.builtin_root:
-        was_training = r.unwrapped.training
-        r.unwrapped.eval()
-        evaluate(r.unwrapped, r.cfg, r.run.root)
-        r.unwrapped.train(was_training)
-    r.accelerator.wait_for_everyone()
+    all_skipped = _sum_over_ranks(state.skipped.totals)
+    _save(state, state.run_dir.checkpoints / FINAL_NAME)
+    if state.accelerator.is_main_process:
+        state.run_dir.save_json("train_summary.json", {
+            "steps": state.step, "global_batch": state.global_batch, "world_size": state.accelerator.num_processes,
+            "precision": state.cfg.train.precision, "skipped_samples": all_skipped,
+            "nonfinite_steps": state.nonfinite_total, "scaler_skipped_steps": state.scaler_skipped})
+    evaluate = resolve_evaluation(evaluate) if state.cfg.eval.at_end else None
+    if evaluate is not None:
+        evaluate(state.unwrapped, state.cfg, state.run_dir.root)
+    state.accelerator.wait_for_everyone()
 
 
-def train(cfg: Config, recipe: Optional[str] = None, evaluate: EvaluateAtEnd | str | None = INSTALLED) -> Path:
+def train(cfg: Config, recipe: Optional[str] = None, evaluate: EvaluationChoice = INSTALLED) -> Path:
     """Train with ``cfg``; returns the run directory. ``recipe`` (the config file's stem) names a
     run that ``train.run_name`` leaves unnamed. ``evaluate(model, cfg, run_dir)`` runs on every
     rank after the final checkpoint when ``eval.at_end``; the default is the evaluation an
@@ -272,11 +275,12 @@ def train(cfg: Config, recipe: Optional[str] = None, evaluate: EvaluateAtEnd | s
     started = _start(cfg, recipe)
     if isinstance(started, Path):
         return started
-    r = started
-    r.accelerator.print(f"run dir {r.run.root} | {r.accelerator.num_processes} process(es) on {r.accelerator.device} | "
-                        f"{count_parameters(r.unwrapped)['total'] / 1e6:.1f}M parameters | global batch {r.global_batch}"
-                        + (f" | {r.samples_per_epoch} samples/epoch" if r.samples_per_epoch else ""))
-    _loop(r)
-    _finish(r, resolve_evaluation(evaluate))
-    r.accelerator.end_training()
-    return r.run.root
+    state, accelerator = started, started.accelerator
+    per_epoch = f" | {state.samples_per_epoch} samples/epoch" if state.samples_per_epoch else ""
+    accelerator.print(f"run dir {state.run_dir.root} | {accelerator.num_processes} process(es) on "
+                      f"{accelerator.device} | {count_parameters(state.unwrapped)['total'] / 1e6:.1f}M parameters | "
+                      f"global batch {state.global_batch}{per_epoch}")
+    _loop(state)
+    _finish(state, evaluate)
+    state.accelerator.end_training()
+    return state.run_dir.root

@@ -14,30 +14,40 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 log = logging.getLogger(__name__)
 
 EvaluateAtEnd = Callable[[Any, Any, Path], Optional[Dict[str, Any]]]
 ENTRY_POINT_GROUP = "vlp.evaluation"
 ENTRY_POINT_NAME = "at_end"
-INSTALLED = "installed"
-"""``train(evaluate=INSTALLED)``: use the installed application's evaluation."""
+class InstalledEvaluation:
+    """The default of ``train(evaluate=...)``: the evaluation an installed application provides."""
+
+    def __repr__(self) -> str:
+        return "INSTALLED"
+
+
+INSTALLED = InstalledEvaluation()
+EvaluationChoice = Union[EvaluateAtEnd, InstalledEvaluation, None]
+"""What ``train(evaluate=...)`` takes: a function, :data:`INSTALLED`, or None for no evaluation."""
 
 
 def installed_evaluation() -> Optional[EvaluateAtEnd]:
-    """The evaluation declared under ``vlp.evaluation:at_end``, or None (with a log line) when none is."""
+    """The evaluation declared under ``vlp.evaluation:at_end``, or None (with a warning) when none is."""
     found = list(entry_points(group=ENTRY_POINT_GROUP, name=ENTRY_POINT_NAME))
     if not found:
-        log.info("no end-of-training evaluation is installed (entry point %s:%s)", ENTRY_POINT_GROUP, ENTRY_POINT_NAME)
+        log.warning("no end-of-training evaluation is installed (entry point %s:%s; install the project with "
+                    "`pip install -e .` to get eval's), so training ends without one", ENTRY_POINT_GROUP,
+                    ENTRY_POINT_NAME)
         return None
     return found[0].load()
 
 
-def resolve_evaluation(evaluate: EvaluateAtEnd | str | None) -> Optional[EvaluateAtEnd]:
+def resolve_evaluation(evaluate: EvaluationChoice) -> Optional[EvaluateAtEnd]:
     """``evaluate`` itself, the installed one for :data:`INSTALLED`, None for None."""
-    if evaluate == INSTALLED:
+    if isinstance(evaluate, InstalledEvaluation):
         return installed_evaluation()
-    if isinstance(evaluate, str):
-        raise ValueError(f"evaluate must be a function, {INSTALLED!r} or None, got {evaluate!r}")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be a function, INSTALLED or None, got {evaluate!r}")
     return evaluate

@@ -150,7 +150,7 @@ def reorder_optimizer_state(saved: Mapping[str, Any], optimizer: Any, saved_orde
 
 
 def _saved_before_parts(state: Mapping[str, Any]) -> bool:
-    """A checkpoint written before issue 11: open_clip's names under 'clip.', parameters in open_clip's order."""
+    """A checkpoint written before the model had named parts: open_clip's names under 'clip.', parameters in open_clip's order."""
     model = state.get("model")
     return isinstance(model, Mapping) and any(str(k).startswith(OLD_PREFIX) for k in model)
 
@@ -158,7 +158,7 @@ def _saved_before_parts(state: Mapping[str, Any]) -> bool:
 def load_states(path: Path, state: Mapping[str, Any], **targets: Any) -> None:
     """``targets[name].load_state_dict(state[name])`` for each, with a clear error when the model does not fit.
     The ``model`` entry is read in any layout ``vlp.models.open_clip_layout.as_vlp_state`` takes; a
-    checkpoint written before issue 11 (open_clip's names under 'clip.') numbered the optimizer's
+    checkpoint written before the model had named parts (open_clip's names under 'clip.') numbered the optimizer's
     parameters in open_clip's order, which is renumbered for today's."""
     old = _saved_before_parts(state)
     for name, target in targets.items():
