@@ -18,6 +18,7 @@ output it did not declare is an error.
 from __future__ import annotations
 
 import inspect
+from abc import ABCMeta, abstractmethod
 from typing import Any, Callable, ClassVar, Dict, Mapping, Tuple, Type
 
 import torch
@@ -31,7 +32,7 @@ ENCODER_OUTPUTS = ("image_emb", "text_emb", "logit_scale", "logit_bias", "neg_te
 """Outputs the DualEncoder gives itself; no head may provide them."""
 
 
-class Head(nn.Module):
+class Head(nn.Module, metaclass=ABCMeta):
     """Base of every head: ``forward(inputs, outputs) -> {new output: tensor}``."""
 
     provides: ClassVar[Tuple[str, ...]] = ()
@@ -54,8 +55,9 @@ class Head(nn.Module):
     def text_tower(self) -> nn.Module:
         return self._towers[1]
 
+    @abstractmethod
     def forward(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The head's new outputs from the model's ``inputs`` and the ``outputs`` so far."""
 
 
 def register_head(name: str) -> Callable[[Type[Head]], Type[Head]]:

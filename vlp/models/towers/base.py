@@ -13,6 +13,8 @@ A new tower is a subclass of one of these plus a builder registered by name
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import torch
 from torch import nn
 
@@ -21,16 +23,16 @@ class TowerFeatureError(NotImplementedError):
     """A tower asked for a feature it does not give (e.g. per-token features of a ResNet)."""
 
 
-class ImageTower(nn.Module):
+class ImageTower(nn.Module, metaclass=ABCMeta):
     """pixels [B, 3, image_size, image_size] -> ``forward``: pooled embedding [B, D], unnormalised."""
 
     name = "image tower"
     """The registered name, used in messages."""
 
     @property
+    @abstractmethod
     def image_size(self) -> int:
         """Side of the square input images, in pixels."""
-        raise NotImplementedError
 
     def token_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, N, W] per-token (patch) features of the last layer, before pooling and projection."""
@@ -41,21 +43,21 @@ class ImageTower(nn.Module):
         return type(self).__name__
 
 
-class TextTower(nn.Module):
+class TextTower(nn.Module, metaclass=ABCMeta):
     """token ids [B, L] (L <= context_length) -> ``forward``: pooled embedding [B, D], unnormalised."""
 
     name = "text tower"
     """The registered name, used in messages."""
 
     @property
+    @abstractmethod
     def context_length(self) -> int:
         """Width of the id rows the tokenizer must give."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def vocab_size(self) -> int:
         """Token-embedding rows: every id must be below it."""
-        raise NotImplementedError
 
     def token_states(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, L, W] per-position hidden states of the last layer (after its final norm), before pooling."""
