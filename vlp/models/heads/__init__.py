@@ -4,7 +4,7 @@ A head module in this package defines a :class:`Head` subclass registered with
 ``@register_head("name")`` and is imported here, so that it is registered whenever heads are.
 """
 
-from vlp.models.heads.registry import (ENCODER_OUTPUTS, HEADS, Head, build_head, check_heads, head_provides,
-                                       register_head)
+from vlp.models.heads.registry import (ENCODER_OUTPUTS, HEADS, TOKEN_OUTPUTS, Head, build_head, check_heads,
+                                       head_provides, register_head)
 
-__all__ = ["ENCODER_OUTPUTS", "HEADS", "Head", "build_head", "check_heads", "head_provides", "register_head"]
+__all__ = ["ENCODER_OUTPUTS", "HEADS", "TOKEN_OUTPUTS", "Head", "build_head", "check_heads", "head_provides", "register_head"]

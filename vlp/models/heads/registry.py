@@ -30,6 +30,8 @@ HEADS: Dict[str, Type["Head"]] = {}
 """{registered name: head class}."""
 ENCODER_OUTPUTS = ("image_emb", "text_emb", "logit_scale", "logit_bias", "neg_text_emb", "image_emb_aug", "text_emb_aug")
 """Outputs the DualEncoder gives itself; no head may provide them."""
+TOKEN_OUTPUTS = ("image_tokens", "text_tokens")
+"""Per-token encoder outputs a head may read (:attr:`Head.reads`); no head may provide them."""
 
 
 class Head(nn.Module, metaclass=ABCMeta):
@@ -37,6 +39,11 @@ class Head(nn.Module, metaclass=ABCMeta):
 
     provides: ClassVar[Tuple[str, ...]] = ()
     """Names of the outputs the head adds (with any options)."""
+    reads: ClassVar[Tuple[str, ...]] = ()
+    """Per-token encoder outputs the head reads besides the usual ones: ``image_tokens`` (the image
+    tower's ``token_features``) and / or ``text_tokens`` (the text tower's ``token_states``). The
+    DualEncoder computes them in the same tower pass as the embeddings, only when a head reads
+    them, and drops them from the outputs it returns."""
 
     def __init__(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
         super().__init__()
@@ -58,6 +65,15 @@ class Head(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def forward(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The head's new outputs from the model's ``inputs`` and the ``outputs`` so far."""
+
+    def step_metrics(self, outputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Scalars to log at a log step, from that step's outputs (default: none). Logged as
+        ``head/<name>/<key>``; a head that wants a global figure reduces over ranks itself."""
+        return {}
+
+    def after_step(self) -> None:
+        """Called by the training engine on every rank after each optimizer update (default:
+        nothing); e.g. a prototype head's episodic k-means refresh."""
 
 
 def register_head(name: str) -> Callable[[Type[Head]], Type[Head]]:
@@ -91,11 +107,14 @@ def _option_names(cls: Type[Head]) -> Tuple[Tuple[str, ...], bool]:
 def check_heads(heads: Mapping[str, Mapping[str, Any]], key: str = "model.heads") -> None:
     """ConfigError for an unknown head name or option (naming the valid ones), or an output that
     a head provides and the DualEncoder or an earlier head already gives."""
-    given = {output: "the DualEncoder" for output in ENCODER_OUTPUTS}
+    given = {output: "the DualEncoder" for output in ENCODER_OUTPUTS + TOKEN_OUTPUTS}
     for name, options in heads.items():
         if name not in HEADS:
             valid = ", ".join(sorted(HEADS)) or "(none registered)"
             raise ConfigError(f"{key}.{name}: unknown head {name!r}, valid names: {valid}")
+        unreadable = sorted(set(HEADS[name].reads) - set(TOKEN_OUTPUTS))
+        if unreadable:
+            raise ConfigError(f"{key}.{name}: the head reads {unreadable}; heads may read {list(TOKEN_OUTPUTS)}")
         names, any_kwargs = _option_names(HEADS[name])
         unknown = sorted(set(options or {}) - set(names))
         if unknown and not any_kwargs:
@@ -112,4 +131,4 @@ def build_head(name: str, options: Mapping[str, Any], image_tower: nn.Module, te
     return HEADS[name](image_tower, text_tower, **dict(options or {}))
 
 
-__all__ = ["ENCODER_OUTPUTS", "HEADS", "Head", "build_head", "check_heads", "head_provides", "register_head"]
+__all__ = ["ENCODER_OUTPUTS", "HEADS", "TOKEN_OUTPUTS", "Head", "build_head", "check_heads", "head_provides", "register_head"]
