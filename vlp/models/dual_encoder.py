@@ -11,7 +11,7 @@ to and from open_clip's).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,8 @@ class DualEncoder(nn.Module):
         self.heads = nn.ModuleDict({name: build_head(name, options, image_tower, text_tower)
                                     for name, options in heads.items()})
         self.head_outputs = {name: head_provides(type(head), heads[name]) for name, head in self.heads.items()}
+        self.token_reads = tuple(sorted({read for head in self.heads.values() for read in type(head).reads}))
+        """The per-token outputs some head reads (``Head.reads``), computed with the embeddings."""
 
     @property
     def image_size(self) -> int:
@@ -110,8 +112,11 @@ class DualEncoder(nn.Module):
                 image_aug: Optional[torch.Tensor] = None, text_aug: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Optional inputs add outputs: ``neg_text`` (hard-negative captions [B, K, context]) ->
         ``neg_text_emb`` [B, K, D]; ``image_aug`` / ``text_aug`` (second augmented views) ->
-        ``image_emb_aug`` / ``text_emb_aug`` for the intra-modal and multi-view objectives."""
-        outputs = {"image_emb": self.encode_image(image), "text_emb": self.encode_text(text), **self.logit_head()}
+        ``image_emb_aug`` / ``text_emb_aug`` for the intra-modal and multi-view objectives. The
+        per-token outputs heads read (``image_tokens``, ``text_tokens``) come from the same tower
+        pass as the embeddings, only when a head reads them, and are not returned."""
+        image_emb, text_emb, tokens = self._encode_pair(image, text)
+        outputs = {"image_emb": image_emb, "text_emb": text_emb, **self.logit_head()}
         if neg_text is not None:
             batch, k, length = neg_text.shape
             outputs["neg_text_emb"] = self.encode_text(neg_text.reshape(batch * k, length)).reshape(batch, k, -1)
@@ -122,12 +127,29 @@ class DualEncoder(nn.Module):
         if len(self.heads):
             given = {"neg_text": neg_text, "image_aug": image_aug, "text_aug": text_aug}
             inputs = {"image": image, "text": text, **{k: v for k, v in given.items() if v is not None}}
-            self._run_heads(inputs, outputs)
+            self._run_heads(inputs, outputs, tokens)
         return outputs
 
-    def _run_heads(self, inputs: Mapping[str, torch.Tensor], outputs: Dict[str, torch.Tensor]) -> None:
+    def _encode_pair(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        """(image_emb, text_emb, {per-token output a head reads: tensor}), each tower run once."""
+        tokens: Dict[str, torch.Tensor] = {}
+        if "image_tokens" in self.token_reads:
+            image_features, tokens["image_tokens"] = self.image_tower.forward_with_tokens(image)
+            image_emb = F.normalize(image_features, dim=-1)
+        else:
+            image_emb = self.encode_image(image)
+        if "text_tokens" in self.token_reads:
+            text_features, tokens["text_tokens"] = self.text_tower.forward_with_tokens(text)
+            text_emb = F.normalize(text_features, dim=-1)
+        else:
+            text_emb = self.encode_text(text)
+        return image_emb, text_emb, tokens
+
+    def _run_heads(self, inputs: Mapping[str, torch.Tensor], outputs: Dict[str, torch.Tensor],
+                   tokens: Mapping[str, torch.Tensor]) -> None:
+        """Each head in turn, on the outputs so far plus the per-token outputs (which are not returned)."""
         for name, head in self.heads.items():
-            added = head(inputs, outputs)
+            added = head(inputs, {**outputs, **tokens})
             undeclared = sorted(set(added) - set(self.head_outputs[name]))
             if undeclared:
                 raise ValueError(f"head {name!r} returned {undeclared}, which it does not declare in provides "

@@ -10,13 +10,13 @@ token (:func:`hf_text_length`); the result equals the full-context forward.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import open_clip
 import torch
 from torch import nn
 
-from vlp.models.towers.base import TextTower
+from vlp.models.towers.base import TextTower, TowerFeatureError
 from vlp.models.towers.registry import register_text_tower
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -94,6 +94,43 @@ class OpenCLIPTextTower(TextTower):
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         return self.ln_final(self.transformer(x, attn_mask=mask))
 
+    @property
+    def token_width(self) -> int:
+        return int(self.transformer.width)
+
+    @property
+    def causal(self) -> bool:
+        return self.attn_mask is not None
+
+    def forward_with_tokens(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(pooled embedding, ``ln_final`` states) from one pass; on the trimmed path
+        (:func:`encode_text_trimmed`) the states stop at the batch's last end token."""
+        if can_trim_text(self):
+            return encode_text_trimmed_with_tokens(self, ids)
+        from open_clip.transformer import text_global_pool
+
+        states = self.token_states(ids)
+        pooled = text_global_pool(states, ids, self.text_pool_type, eos_token_id=self.text_eos_id)
+        return _project(self.text_projection, pooled), states
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """open_clip's ``lock_text_tower``: groups are the embeddings, each block, the last block
+        with ``ln_final``, and the projection (layers + 2 with a projection)."""
+        from open_clip.transformer import lock_text_tower
+
+        groups = len(self.transformer.resblocks) + 1 + (self.text_projection is not None)
+        if unlocked_layers > groups:
+            raise TowerFeatureError(f"the text tower {self.name!r} ({self.describe()}) has {groups} layer groups, "
+                                    f"fewer than the {unlocked_layers} to leave unlocked")
+        if not freeze_layer_norm:
+            raise TowerFeatureError(f"the text tower {self.name!r} ({self.describe()}) locks its LayerNorms with the "
+                                    "rest (open_clip's lock_text_tower): keep lock_text_freeze_layer_norm true")
+        lock_text_tower(self, unlocked_layers)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As open_clip's CLIP: ``transformer.grad_checkpointing`` (the full-context forward is used then)."""
+        self.transformer.grad_checkpointing = enable
+
 
 class OpenCLIPCustomTextTower(TextTower):
     """open_clip's text tower held whole, as CustomTextCLIP holds it (``text``): an HFTextEncoder,
@@ -120,18 +157,72 @@ class OpenCLIPCustomTextTower(TextTower):
         return self.text(ids if length is None else ids[:, :length])
 
     def token_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per-position states; for a TextTransformer the tokens its ``output_tokens`` gives (before
+        ``ln_final`` with ``embed_cls``, as open_clip's CoCa reads them). Ids shorter than the
+        context go through a causal TextTransformer padded to it where its mask is context-sized."""
         from open_clip.hf_model import HFTextEncoder
 
         if isinstance(self.text, HFTextEncoder):
             mask = (ids != self.text.config.pad_token_id).long()
             return self.text.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.forward_with_tokens(ids)[1]
+
+    @property
+    def token_width(self) -> int:
+        from open_clip.hf_model import HFTextEncoder
+
+        if isinstance(self.text, HFTextEncoder):
+            return int(self.text.config.hidden_size)
+        return int(self.text.width)
+
+    @property
+    def causal(self) -> bool:
+        """A TextTransformer with its causal mask; an HF tower is taken as bidirectional."""
+        from open_clip.hf_model import HFTextEncoder
+
+        return not isinstance(self.text, HFTextEncoder) and getattr(self.text, "attn_mask", None) is not None
+
+    def forward_with_tokens(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(pooled embedding, states) from one pass (an HF tower's up to its last non-pad token)."""
+        from open_clip.hf_model import HFTextEncoder
+
+        if isinstance(self.text, HFTextEncoder):
+            length = hf_text_length(self, ids)
+            ids = ids if length is None else ids[:, :length]
+            mask = (ids != self.text.config.pad_token_id).long()
+            out = self.text.transformer(input_ids=ids, attention_mask=mask)
+            return self.text.proj(self.text.pooler(out, mask)), out.last_hidden_state
+        length = ids.shape[1]
+        sliced_mask = getattr(self.text, "cls_emb", None) is not None or getattr(self.text, "use_pad_mask", False)
+        if self.causal and not sliced_mask and length < self.text.context_length:
+            ids = torch.cat([ids, ids.new_full((ids.shape[0], self.text.context_length - length), self.text.pad_id)], 1)
         was = self.text.output_tokens
         self.text.output_tokens = True
         try:
-            _, tokens = self.text(ids)
+            pooled, tokens = self.text(ids)
         finally:
             self.text.output_tokens = was
-        return tokens
+        return pooled, tokens[:, :length]
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """The held tower's own ``lock`` (open_clip's HFTextEncoder or TextTransformer)."""
+        from open_clip.hf_model import HFTextEncoder
+
+        if not freeze_layer_norm and not isinstance(self.text, HFTextEncoder):
+            raise TowerFeatureError(f"the text tower {self.name!r} ({self.describe()}) locks its LayerNorms with the "
+                                    "rest: keep lock_text_freeze_layer_norm true (only HF towers can leave them)")
+        self.text.lock(unlocked_layers, freeze_layer_norm)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """transformers' gradient checkpointing for an HF tower, open_clip's for a TextTransformer."""
+        from open_clip.hf_model import HFTextEncoder
+
+        if not isinstance(self.text, HFTextEncoder):
+            self.text.set_grad_checkpointing(enable)
+        elif enable:
+            self.text.transformer.gradient_checkpointing_enable()
+        else:
+            self.text.transformer.gradient_checkpointing_disable()
 
 
 @register_text_tower("open_clip")
@@ -201,14 +292,25 @@ def encode_text_trimmed(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
     full-context forward, at the cost of the real caption lengths instead of the context
     length (web captions average ~15 BPE tokens against a context of 77).
     """
+    return encode_text_trimmed_with_tokens(clip, text)[0]
+
+
+def encode_text_trimmed_with_tokens(clip: nn.Module, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`encode_text_trimmed`'s features, the ``ln_final`` states [B, L', width] of the same
+    pass), L' = the position after the batch's last pooled (end) token."""
     pooled = text_pool_positions(text, clip.text_pool_type, getattr(clip, "text_eos_id", None))
     length = int(pooled.max().item()) + 1
     text = text[:, :length]
     cast_dtype = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
     x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), pooled]
-    if clip.text_projection is None:
+    states = clip.ln_final(x)
+    x = states[torch.arange(x.shape[0], device=x.device), pooled]
+    return _project(clip.text_projection, x), states
+
+
+def _project(projection: Any, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through open_clip's text projection (None, an nn.Linear or a matrix)."""
+    if projection is None:
         return x
-    return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection
