@@ -20,6 +20,7 @@ TERMS = {
     "uniformity": {}, "alignment": {}, "mochi": {"hardest": 3, "synthetic": 2, "query_mixed": 1},
     "clip_cacr": {"cacr_attract": 1.0, "cacr_repel": 2.0}, "intra_modal": {}, "mv_infonce": {"temperature": 0.5},
     "caption": {"label_smoothing": 0.1},
+    "prototype": {}, "prototype_translated": {"back_translation": True, "within_weight": 0.5},
 }
 LENGTH, VOCAB = 4, 7
 
@@ -39,10 +40,15 @@ class Towers(nn.Module):
         self.captioner = nn.Linear(5, LENGTH * VOCAB).double()
         self.logit_scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
         self.logit_bias = nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
+        self.prototypes = nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
 
     def forward(self, images, texts, negatives, labels):
         b, k, d = negatives.shape
-        return {"image_emb": F.normalize(self.image(images), dim=-1), "text_emb": F.normalize(self.text(texts), dim=-1),
+        image_emb, text_emb = F.normalize(self.image(images), dim=-1), F.normalize(self.text(texts), dim=-1)
+        prototypes = F.normalize(self.prototypes, dim=-1)
+        return {"image_emb": image_emb, "text_emb": text_emb,
+                "proto_image_emb": image_emb, "proto_text_emb": text_emb,
+                "proto_image_scores": image_emb @ prototypes.T, "proto_text_scores": text_emb @ prototypes.T,
                 "image_emb_aug": F.normalize(self.image(images.flip(1)), dim=-1),
                 "text_emb_aug": F.normalize(self.text(texts * 0.5 + 0.1), dim=-1),
                 "caption_logits": self.captioner(images).reshape(b, LENGTH, VOCAB), "caption_labels": labels,

@@ -166,7 +166,7 @@ def test_a_head_from_config_adds_its_output_and_trains(monkeypatch):
 def test_head_config_errors_name_what_to_fix(monkeypatch):
     monkeypatch.setitem(HEADS, "colour_probe", _ColourProbe)
     monkeypatch.setitem(HEADS, "undeclared", _Undeclared)
-    with pytest.raises(ConfigError, match="model.heads.captioner: unknown head 'captioner', valid names: colour_probe"):
+    with pytest.raises(ConfigError, match="model.heads.captioner: unknown head 'captioner', valid names: .*colour_probe"):
         ModelConfig(arch=TINY_ARCH, heads={"captioner": {}})
     with pytest.raises(ConfigError, match="unknown option\\(s\\) \\['width'\\]; valid options: classes"):
         ModelConfig(arch=TINY_ARCH, heads={"colour_probe": {"width": 4}})
