@@ -47,3 +47,11 @@ def test_warmup_then_cosine_values():
 def test_constant_schedule_after_warmup():
     cfg = OptimConfig(warmup_steps=2, schedule="constant")
     assert [lr_factor(s, 10, cfg) for s in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_linear_schedule_after_warmup_falls_on_a_straight_line():
+    cfg = OptimConfig(warmup_steps=2, schedule="linear", min_lr_ratio=0.0)
+    assert [lr_factor(s, 12, cfg) for s in range(2)] == [0.5, 1.0]
+    assert [lr_factor(s, 12, cfg) for s in (2, 7, 12, 20)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    floor = OptimConfig(warmup_steps=0, schedule="linear", min_lr_ratio=0.2)
+    assert lr_factor(5, 10, floor) == pytest.approx(0.2 + 0.8 * 0.5)

@@ -95,18 +95,6 @@ class DataConfig:
                "different weights need data.resampled=true (epoch mode reads every shard once)")
 
 
-def _check_tokenizer(spec: str) -> None:
-    """``model.tokenizer`` is 'open_clip', 'hf:DIR' with DIR a directory, or 'sentencepiece:FILE' with FILE a file."""
-    kind, sep, path = spec.partition(":")
-    forms = "valid forms: open_clip, hf:DIR, sentencepiece:FILE.model"
-    _check(spec == "open_clip" or (sep and kind in ("hf", "sentencepiece") and path), "model.tokenizer",
-           f"got {spec!r}, {forms}")
-    if kind == "hf":
-        _check(Path(path).is_dir(), "model.tokenizer", f"Hugging Face tokenizer directory not found: {path}")
-    elif kind == "sentencepiece":
-        _check(Path(path).is_file(), "model.tokenizer", f"sentencepiece model file not found: {path}")
-
-
 @dataclass
 class ModelConfig:
     arch: Any = "ViT-B-32"
@@ -121,8 +109,30 @@ class ModelConfig:
     """Initial learnable logit bias (SigLIP: -10 with init_logit_scale log(10)); null: no bias parameter."""
     quick_gelu: bool = False
     """Use QuickGELU activations (OpenAI CLIP weights were trained with it)."""
+    init_from: Optional[str] = None
+    """Local weights to start both towers (and the logit head) from: an open_clip checkpoint (.pt/.bin/.safetensors, or a local-dir with open_clip_config.json), a transformers CLIPModel folder, or a run directory, checkpoint or safetensors export of ours; null is random init. A resumed run reads it again, then loads its own checkpoint over it."""
+    init_image_from: Optional[str] = None
+    """The same sources as model.init_from, loading the image tower only (applied after init_from; its shapes must fit the arch)."""
+    init_text_from: Optional[str] = None
+    """The same sources as model.init_from, loading the text tower only (applied after init_from; its shapes must fit the arch)."""
     pretrained: Optional[str] = None
-    """Local checkpoint file to initialise from (ours or open_clip's state dict); None is random init."""
+    """Alias of model.init_from (the older name; set one of the two)."""
+    lock_image: bool = False
+    """Freeze the image tower (LiT) through open_clip's visual.lock: its parameters get no gradient and no optimizer state."""
+    lock_image_unlocked_groups: int = 0
+    """With lock_image: leave this many of the image tower's last layer groups trainable (open_clip's unlocked_groups; a ViT has layers + 2 groups)."""
+    lock_image_freeze_bn_stats: bool = False
+    """With lock_image: also freeze BatchNorm running statistics (ResNet and timm towers; a ViT has none)."""
+    lock_text: bool = False
+    """Freeze the text tower (open_clip's lock_text_tower, or the HF tower's lock)."""
+    lock_text_unlocked_layers: int = 0
+    """With lock_text: leave this many of the text tower's last layer groups trainable (open_clip's unlocked_layers)."""
+    lock_text_freeze_layer_norm: bool = True
+    """With lock_text: keep LayerNorms frozen too (false only for HF text towers, as open_clip allows)."""
+    grad_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of storing its activations (open_clip's set_grad_checkpointing, both towers): less memory, more compute, same gradients."""
+    patch_dropout: float = 0.0
+    """FLIP: fraction of image patches dropped at random in training (0 = off, e.g. 0.5; open_clip's PatchDropout, ViT towers only); evaluation always sees every patch. FLIP ends with a short run without it: init_from the run's checkpoint with patch_dropout 0."""
     image_tower: str = "open_clip"
     """Image tower by registered name (vlp.models.towers): 'open_clip' builds open_clip's vision tower (ViT, ResNet or timm) from arch.vision_cfg."""
     text_tower: str = "open_clip"
@@ -131,27 +141,9 @@ class ModelConfig:
     """Optional heads by registered name (vlp.models.heads) with their options, {name: {option: value}}; each adds its outputs to the outputs dict."""
 
     def __post_init__(self) -> None:
-        from vlp.models.heads import check_heads
-        from vlp.models.towers import check_tower_name
+        from vlp.model_config_checks import check_model_config
 
-        check_tower_name("image", self.image_tower, "model.image_tower")
-        check_tower_name("text", self.text_tower, "model.text_tower")
-        check_heads(self.heads)
-        if isinstance(self.arch, str):
-            import open_clip
-
-            names = open_clip.list_models()
-            close = difflib.get_close_matches(self.arch, names, n=3)
-            _check(self.arch in names, "model.arch",
-                   f"unknown open_clip model {self.arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        else:
-            arch = dict(self.arch) if self.arch is not None else {}
-            missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in arch]
-            _check(not missing, "model.arch", f"an architecture dict needs keys {missing}")
-        _check_tokenizer(self.tokenizer)
-        _check(self.max_logit_scale > 0, "model.max_logit_scale", "must be > 0")
-        _check(math.exp(self.init_logit_scale) <= self.max_logit_scale, "model.init_logit_scale",
-               f"exp({self.init_logit_scale}) exceeds model.max_logit_scale={self.max_logit_scale}")
+        check_model_config(self)
 
 
 @dataclass
@@ -189,9 +181,9 @@ class OptimConfig:
     warmup_steps: int = 500
     """Linear warmup steps from 0 to the peak rate."""
     schedule: str = "cosine"
-    """Rate after warmup: 'cosine' decays to min_lr_ratio * lr, 'constant' stays at lr."""
+    """Rate after warmup: 'cosine' decays to min_lr_ratio * lr along a half cosine, 'linear' along a straight line (CoCa), 'constant' stays at lr."""
     min_lr_ratio: float = 0.0
-    """Final rate of the cosine schedule as a fraction of the peak."""
+    """Final rate of the cosine or linear schedule as a fraction of the peak."""
     grad_clip_norm: Optional[float] = 1.0
     """Clip the global gradient norm to this value; null disables."""
 
@@ -202,7 +194,7 @@ class OptimConfig:
                f"must be two values in [0, 1), got {list(self.betas)}")
         _check(self.eps > 0, "optim.eps", "must be > 0")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check_choice(self.schedule, "optim.schedule", ["cosine", "constant"])
+        _check_choice(self.schedule, "optim.schedule", ["cosine", "linear", "constant"])
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "optim.grad_clip_norm", "must be > 0 or null")
 

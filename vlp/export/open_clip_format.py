@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from vlp.data.tokenizers import build_tokenizer, parse_tokenizer_spec
 from vlp.export.text_files import check_open_clip_tokenizer, open_clip_text_files, safetensors_text_files
 from vlp.models.dual_encoder import DualEncoder
+from vlp.models.init_sources import QUICK_GELU_METADATA
 from vlp.models.open_clip_layout import STATE_LAYOUT, to_open_clip_state
 from vlp.utils.atomic import atomic_path, write_json_atomic
 
@@ -115,7 +116,9 @@ def export_safetensors(model: DualEncoder, path: Path, config_yaml: str) -> Path
     conf = OmegaConf.create(config_yaml)
     folder = text_folder(path)
     files, entries = safetensors_text_files(str(conf.model.tokenizer), model.arch.get("text_cfg", {}), folder.name)
-    metadata = {"format": "pt", "vlp_state_layout": STATE_LAYOUT}
+    # the activation beside the weights (vlp.models.init_sources reads it; QUICK_GELU_METADATA)
+    metadata = {"format": "pt", "vlp_state_layout": STATE_LAYOUT,
+                QUICK_GELU_METADATA: "true" if getattr(model, "quick_gelu", False) else "false"}
     if files:
         _check_replaceable(folder, ".vlp-text")
         if "tokenizer" in entries:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 from typing import Any, Dict, Mapping
 
 import torch
@@ -11,8 +11,12 @@ from vlp.data.tokenizers import Tokenizer, build_tokenizer, parse_tokenizer_spec
 from vlp.errors import ConfigError
 from vlp.models.arch import resolve_arch
 from vlp.models.dual_encoder import DualEncoder
+from vlp.models.init_from import init_from_files
 from vlp.models.open_clip_layout import as_vlp_state
+from vlp.models.tower_setup import apply_tower_settings
 from vlp.models.towers.open_clip_text import check_local_hf_model
+
+log = logging.getLogger(__name__)
 
 ModelCfg = Any
 """A ``vlp.config.ModelConfig`` (not imported: vlp.config reads the tower and head registries here,
@@ -88,24 +92,28 @@ def check_hf_text_tower(text_cfg: Mapping[str, Any], tokenizer_spec: str) -> Non
                              f"{positions}); set text_cfg.context_length")
 
 
-def build_model(cfg: ModelCfg, *, for_checkpoint: bool = False) -> DualEncoder:
-    """The DualEncoder of ``cfg``: its towers and heads by name, randomly initialised, then the local
-    file ``cfg.pretrained`` loaded if set.
+def build_model(cfg: ModelCfg, *, for_checkpoint: bool = False, resuming: bool = False) -> DualEncoder:
+    """The DualEncoder of ``cfg``: its towers and heads by name, randomly initialised, then the
+    local weights of ``cfg.init_from`` (alias ``cfg.pretrained``), ``cfg.init_image_from`` and
+    ``cfg.init_text_from`` loaded (``vlp.models.init_from``), then the training settings applied:
+    locking, gradient checkpointing, patch dropout (``vlp.models.tower_setup``). A missing init
+    file, one in no known format, or one that does not fit is a ConfigError naming its key.
 
-    ``for_checkpoint``: the weights come from a checkpoint the caller loads next, so nothing is
-    loaded here: no ``cfg.pretrained``, and an HF text tower is built from its config alone
-    (``hf_model_pretrained`` off)."""
+    ``for_checkpoint``: the weights come from a checkpoint the caller loads next, for evaluation or
+    export, so nothing is loaded here and the training settings are left off; an HF text tower is
+    built from its config alone (``hf_model_pretrained`` off).
+
+    ``resuming``: a training run that continues from its own checkpoint: the training settings
+    apply, but no init file is read (the checkpoint holds the weights; the files may be gone)."""
     arch = model_arch(cfg)
-    if for_checkpoint and arch.get("text_cfg", {}).get("hf_model_name"):
+    if (for_checkpoint or resuming) and arch.get("text_cfg", {}).get("hf_model_name"):
         arch["text_cfg"] = {**arch["text_cfg"], "hf_model_pretrained": False}
     model = DualEncoder(arch, init_logit_scale=cfg.init_logit_scale, max_logit_scale=cfg.max_logit_scale,
                         quick_gelu=cfg.quick_gelu, init_logit_bias=cfg.init_logit_bias,
                         image_tower=cfg.image_tower, text_tower=cfg.text_tower, heads=cfg.heads)
-    if cfg.pretrained and not for_checkpoint:
-        path = Path(cfg.pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained: file not found: {path}")
-        load_weights(model, torch.load(path, map_location="cpu", weights_only=True))
+    if not for_checkpoint:
+        for line in ([] if resuming else init_from_files(model, cfg)) + apply_tower_settings(model, cfg):
+            log.info(line)
     return model
 
 

@@ -1,4 +1,4 @@
-"""AdamW with weight-decay exclusions, and the warmup + cosine learning-rate schedule."""
+"""AdamW with weight-decay exclusions, and the warmup + cosine / linear / constant learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -32,15 +32,16 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Multiplier of the peak rate at ``step`` (0-based): linear warmup, then cosine or constant."""
+    """Multiplier of the peak rate at ``step`` (0-based): linear warmup, then cosine, linear (CoCa)
+    or constant."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
     decay_steps = max(total_steps - cfg.warmup_steps, 1)
     progress = min(max(step - cfg.warmup_steps, 0) / decay_steps, 1.0)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+    shape = 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:

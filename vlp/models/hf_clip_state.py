@@ -1,0 +1,68 @@
+"""A transformers ``CLIPModel`` state dict in open_clip's CLIP layout (ViT image tower, causal text tower).
+
+The two hold the same computation under other names: transformers keeps the query, key and value
+projections apart (open_clip's ``nn.MultiheadAttention`` stacks them in ``in_proj_*``) and stores
+the projections as ``nn.Linear`` weights [D, W] (open_clip: matrices [W, D] it multiplies from
+the right). Nothing else differs, so the converted weights give transformers' features.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import torch
+
+_LAYER_PARTS = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+                "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_RENAMES = {
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "logit_scale": "logit_scale",
+}
+_TRANSPOSED = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text_projection"}
+_TOWERS = {"vision_model": "visual.transformer", "text_model": "transformer"}
+
+
+def _layers(state: Mapping[str, torch.Tensor], tower: str) -> list:
+    prefix = f"{tower}.encoder.layers."
+    return sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
+
+
+def open_clip_state_from_hf_clip(hf_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """open_clip's CLIP state dict from a transformers CLIPModel's; ValueError naming the keys it
+    lacks or cannot place (another model class, e.g. a CLIP variant with other parts)."""
+    state = {k: v for k, v in hf_state.items() if not k.endswith("position_ids")}  # a buffer older files saved
+    out: Dict[str, torch.Tensor] = {}
+    used = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in state:
+            raise ValueError(f"not a transformers CLIPModel state dict: no {key!r}")
+        used.add(key)
+        return state[key]
+
+    for src, dst in _RENAMES.items():
+        if src in state or src != "logit_scale":
+            out[dst] = take(src)
+    for src, dst in _TRANSPOSED.items():
+        out[dst] = take(src).t().contiguous()
+    for tower, ours in _TOWERS.items():
+        for i in _layers(state, tower):
+            src, dst = f"{tower}.encoder.layers.{i}.", f"{ours}.resblocks.{i}."
+            for kind in ("weight", "bias"):
+                out[f"{dst}attn.in_proj_{kind}"] = torch.cat([take(f"{src}self_attn.{n}_proj.{kind}") for n in "qkv"])
+                for part, theirs in _LAYER_PARTS.items():
+                    out[f"{dst}{theirs}.{kind}"] = take(f"{src}{part}.{kind}")
+    left = sorted(set(state) - used)
+    if left:
+        raise ValueError(f"transformers CLIP weights with parts open_clip's CLIP has no place for: {left[:6]}")
+    return out
