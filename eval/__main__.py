@@ -7,6 +7,8 @@
     python -m eval sugarcrepe [--subset replace_obj,...] [--image-root DIR] --model M --dataset DIR --output F
     python -m eval winoground --model M --dataset DIR --output F.json
     python -m eval builtin --model M --root DIR --output-dir DIR   # = `run` on DIR/{zeroshot,retrieval,compositional}
+    python -m eval captioning --model M --dataset D --output F.json [--strategy beam ...]  # BLEU, CIDEr-D, ...
+    python -m eval caption --model M --images DIR|SHARDS --output captions.jsonl [--strategy ...]
 
 M is a run directory or checkpoint of ours, an open_clip checkpoint file (with --model-config: an
 open_clip model name or model-config JSON), an open_clip local-dir export, or a local transformers
@@ -87,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output folder: the files `run --output` writes (<dataset>_<task>.json, results.csv, "
                               "summary.md, retrieval PNG)")
     _add_options(builtin, registry.options("builtin"))
+
+    from eval.captioning.cli import add_caption_arguments
+
+    caption = sub.add_parser("caption", help="captions of a folder of images or of shards from a CoCa model, as JSON lines")
+    _add_common(caption)
+    add_caption_arguments(caption)
     return parser
 
 
@@ -130,6 +138,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Run what ``args`` asks for and write its files; return {label: result} (rank 0 writes)."""
     from eval.run import RunOptions, parse_dataset_specs, parse_tasks, run_single, run_tasks
 
+    if args.command == "caption":  # --images, not --dataset: read by eval.captioning.images
+        from eval.captioning.cli import caption_command
+
+        _check_args(argparse.Namespace(**{**vars(args), "command": "run"}))
+        return caption_command(args, make_encoder(args))
     _check_args(args)
     if args.command == "run":  # names checked before the encoder (and its runtime) start
         tasks = parse_tasks(args.tasks)
@@ -171,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {result['skipped']} corrupt sample(s) skipped in {result['dataset']}")
         for warning in result.get("model_warnings", []) or []:
             print(f"warning: model: {warning}")
-        for field in ("path", "histogram_png", "top5_grid_png"):
+        for field in ("path", "histogram_png", "top5_grid_png", "captions_jsonl"):
             if field in result:
                 print(f"wrote {result[field]}")
     if args.command in ("run", "builtin"):

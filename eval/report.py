@@ -140,7 +140,21 @@ def build_csv(results: Iterable[ResultLike] | Mapping[str, dict[str, Any]], out_
 MAIN_METRICS: dict[str, tuple[str, ...]] = {
     "zeroshot_classification": ("acc1", "acc5", "mean_per_class_recall"),
     "linear_probe": ("acc1", "acc5", "mean_per_class_recall"),
+    "captioning": ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "meteor", "spice"),
 }
+
+
+def result_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown bullets under a task's table: metrics a result could not compute
+    (``metrics_skipped``) and results that do not apply to their model (``not_applicable``)."""
+    notes = []
+    for result in rows:
+        where = f"{result.get('dataset', '')} / {result.get('model', '')}"
+        if result.get("not_applicable"):
+            notes.append(f"- {where}: not applicable: {result['not_applicable']}")
+        for metric, reason in (result.get("metrics_skipped") or {}).items():
+            notes.append(f"- {where}: {metric} {reason}")
+    return ["", *notes] if notes else []
 
 
 def format_value(value: Any) -> str:
@@ -176,7 +190,7 @@ def markdown_summary(results: Iterable[ResultLike] | Mapping[str, dict[str, Any]
             cells = [str(result.get("dataset", "")), str(result.get("model", ""))]
             cells += [format_value(metrics.get(m)) for m in columns]
             lines.append("| " + " | ".join(map(_cell, cells)) + " |")
-        sections.append("\n".join(lines))
+        sections.append("\n".join(lines + result_notes(rows)))
     return "\n\n".join(sections) + "\n"
 
 

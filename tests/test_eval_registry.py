@@ -22,13 +22,14 @@ def test_the_cli_and_run_are_generated_from_the_declarations() -> None:
 
     names = [t.name for t in registry.all_tasks()]
     assert names == ["zeroshot", "retrieval", "compositional", "aro", "sugarcrepe", "winoground", "diagnostics",
-                     "linear_probe"]
-    assert registry.families() == ["zeroshot", "retrieval", "compositionality", "diagnostics", "linear_probe"]
+                     "linear_probe", "captioning"]
+    assert registry.families() == ["zeroshot", "retrieval", "compositionality", "diagnostics", "linear_probe",
+                                   "captioning"]
     assert registry.kinds() == ["classification", "retrieval", "compositional", "aro", "sugarcrepe", "winoground"]
     assert [(t.name, t.builtin) for t in registry.builtin_tasks()] == [
         ("zeroshot", "zeroshot"), ("retrieval", "retrieval"), ("compositional", "compositional")]
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert list(commands) == ["run", *names, "builtin"]
+    assert list(commands) == ["run", *names, "builtin", "caption"]
     run_flags = {flag for action in commands["run"]._actions for flag in action.option_strings}
     assert {"--grid-queries", "--search", "--aro-exclude", "--keep-symmetric"} <= run_flags
     assert "--subset" not in run_flags and "--histogram" not in run_flags  # their own sub-commands only

@@ -68,8 +68,8 @@ def test_eval_run_rejects_unknown_task_and_missing_dataset(tmp_path: Path, capsy
     ckpt = tmp_path / "m.pt"
     ckpt.write_bytes(b"x")
     base = ["run", "--model", str(ckpt), "--output", str(tmp_path / "o"), "--no-progress"]
-    assert main([*base, "--tasks", "zeroshot,captioning", "--datasets", str(tmp_path)]) == 2
-    assert "unknown task(s) captioning" in capsys.readouterr().err
+    assert main([*base, "--tasks", "zeroshot,captions", "--datasets", str(tmp_path)]) == 2
+    assert "unknown task(s) captions" in capsys.readouterr().err
     assert main([*base, "--tasks", "zeroshot", "--datasets", f"classification:{tmp_path / 'nope'}"]) == 2
     assert "dataset not found" in capsys.readouterr().err
     zs = make_zeroshot(tmp_path / "zs")  # a test split only
