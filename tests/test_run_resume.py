@@ -215,3 +215,20 @@ def test_a_scaler_skipped_fp16_step_is_reported(monkeypatch):
     precision.backward(loss)
     assert precision.step(optimizer, [param], clip_norm=None) is True
     assert torch.allclose(param.detach(), torch.full((3,), 0.8))
+
+
+def test_a_resume_reads_its_checkpoint_not_the_init_file_which_may_be_gone(shapes_dir, tmp_path):
+    """``model.init_from`` seeds the first start only: a resumed run continues from its own weights
+    even when the init file was moved, and may switch gradient checkpointing on."""
+    seed_run = engine.train(_cfg(shapes_dir, tmp_path, "train.steps=1", "train.run_name=seed"))
+    init = tmp_path / "init.pt"
+    shutil.copy(seed_run / "checkpoints/final.pt", init)
+    run = engine.train(_cfg(shapes_dir, tmp_path, "train.steps=2", "train.run_name=r", f"model.init_from={init}"))
+    after_two = load_checkpoint(run / "checkpoints/final.pt")["model"]
+    init.unlink()
+    engine.train(_cfg(shapes_dir, tmp_path, "train.steps=4", "train.run_name=r", f"model.init_from={init}",
+                      "model.grad_checkpointing=true"))
+    resumed = load_checkpoint(run / "checkpoints/final.pt")
+    assert resumed["step"] == 4
+    changed = [k for k, v in resumed["model"].items() if not torch.equal(v, after_two[k])]
+    assert changed  # it trained on from the step-2 weights (step 3 still runs at the old schedule's final rate 0)

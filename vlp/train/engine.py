@@ -5,7 +5,8 @@ same number of processes, and not be past ``train.steps`` already; see vlp/train
 only then is its config written. Per step (:func:`_step`): move the batch to the device (images as
 uint8) and normalise its images there, forward the model in the requested precision, sum the
 configured objectives over its outputs dict, backward, clip, AdamW step, schedule step, clamp the
-temperature. Every ``log_every`` steps a JSON line; every ``checkpoint_every`` steps an atomic
+temperature, then the heads' hooks (``step_metrics`` at log steps, logged as ``head/<name>/<key>``;
+``after_step`` every step). Every ``log_every`` steps a JSON line; every ``checkpoint_every`` steps an atomic
 checkpoint; at the end a final checkpoint and the end-of-training evaluation, which the caller
 hands in (``evaluate``; by default the one an installed application provides, see
 vlp/train/evaluation.py). A step whose loss is not finite on any rank is skipped on all ranks and
@@ -70,6 +71,7 @@ class TrainState:
     scaler_skipped: int = 0
     window_start: float = field(default_factory=time.perf_counter)
     window_samples: int = 0
+    head_metrics: Dict[str, float] = field(default_factory=dict)  # the heads' step_metrics for the next log line
 
     @property
     def global_batch(self) -> int:
@@ -143,15 +145,15 @@ def _start(cfg: Config, recipe: Optional[str]) -> TrainState | Path:
     precision = Precision(accelerator, cfg.train.precision)
     _warn_about_setup(cfg, accelerator)
     set_seed(cfg.train.seed)
-    model = build_model(cfg.model)
+    run = RunDir.at(cfg, _run_name(accelerator, cfg, recipe))
+    resume = previous_run(run, cfg, accelerator.num_processes)  # every check passes before anything is written
+    model = build_model(cfg.model, resuming=resume is not None)  # a resume reads no init file: its checkpoint has the weights
     tokenizer = model_tokenizer(cfg.model, model)
     transform = train_transform(model.image_size, cfg.data.resize_scale, cfg.data.color_jitter)
     samples_per_epoch = cfg.data.num_samples or epoch_samples(train_sources(cfg.data))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.optim)
 
-    run = RunDir.at(cfg, _run_name(accelerator, cfg, recipe))
-    resume = previous_run(run, cfg, accelerator.num_processes)  # every check passes before anything is written
     step, samples_seen, start_epoch = 0, 0, 0
     if resume is not None:
         resume_from, state = resume
@@ -207,7 +209,23 @@ def _step(state: TrainState, batch: Dict[str, Any]) -> Optional[Dict[str, torch.
     state.unwrapped.clamp_logit_scale()
     state.window_samples += state.global_batch
     state.step += 1
+    _run_head_hooks(state, outputs)
     return losses
+
+
+def _log_due(state: TrainState) -> bool:
+    return state.step % state.cfg.train.log_every == 0 or state.step == state.cfg.train.steps
+
+
+def _run_head_hooks(state: TrainState, outputs: Dict[str, torch.Tensor]) -> None:
+    """After an optimizer update, on every rank: at a log step each head's ``step_metrics`` of
+    this step's outputs (kept for the log line as ``head/<name>/<key>``), then each head's ``after_step``."""
+    heads = getattr(state.unwrapped, "heads", {})
+    if _log_due(state):
+        state.head_metrics = {f"head/{name}/{key}": value.item() if isinstance(value, torch.Tensor) else value
+                              for name, head in heads.items() for key, value in head.step_metrics(outputs).items()}
+    for head in heads.values():
+        head.after_step()
 
 
 def _log(state: TrainState, losses: Dict[str, torch.Tensor], progress: tqdm) -> None:
@@ -221,7 +239,9 @@ def _log(state: TrainState, losses: Dict[str, torch.Tensor], progress: tqdm) -> 
         **{f"loss/{k}": v for k, v in mean_losses.items()},
         "skipped_samples": _sum_over_ranks(state.skipped.totals), "nonfinite_steps": state.nonfinite_total,
         **({"scaler_skipped_steps": state.scaler_skipped} if state.precision.scaler is not None else {}),
+        **state.head_metrics,
     }
+    state.head_metrics = {}
     if state.samples_per_epoch:
         record["epoch"] = state.step * state.global_batch / state.samples_per_epoch
     progress.set_postfix(loss=f"{mean_losses['total']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
@@ -243,7 +263,7 @@ def _loop(state: TrainState) -> None:
         if losses is None:
             continue
         progress.update(1)
-        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+        if _log_due(state):
             _log(state, losses, progress)
         if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps:
             _save(state, state.run_dir.checkpoints / f"step-{state.step:08d}.pt")

@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = (
     "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.resume",
     "train.threads", "train.run_name", "train.output_dir", "data.workers", "data.skip_log_interval_s", "eval.",
+    "model.init_from", "model.init_image_from", "model.init_text_from", "model.pretrained", "model.grad_checkpointing",
 )
-"""Keys (or prefixes ending in '.') that a resumed run may change: length, logging, evaluation, loader speed."""
+"""Keys (or prefixes ending in '.') that a resumed run may change: length, logging, evaluation, loader speed,
+where the first weights came from (a resume loads its own checkpoint) and gradient checkpointing
+(the same gradients, less memory)."""
 
 WAYS_OUT = "choose a new train.run_name, or train.resume=false to start this run over (its old files are kept aside)"
 
