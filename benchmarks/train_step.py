@@ -1,4 +1,7 @@
-"""Training-step throughput: vlp's DualEncoder + clip_loss against open_clip's CLIP + ClipLoss.
+"""Training-step throughput: vlp's DualEncoder + clip_loss against open_clip's CLIP + ClipLoss,
+and with each head: vlp's CoCa (caption head, clip + 2 x caption) against open_clip's CoCa +
+CoCaLoss on the same architecture and weights, and the prototype head (clip + prototype) against
+vlp without a head.
 
 Same architecture, same initial weights, same batch (real captions from the shapes dataset or a
 caption list), same AdamW; measures forward + backward + optimizer step in one process, the two
@@ -8,8 +11,11 @@ end-of-text token (exact under the causal mask); open_clip always runs the full 
     python benchmarks/train_step.py                      # tiny config, context 32, batch 128
     python benchmarks/train_step.py --context 77 --batch 64
 
-Last line: one JSON object with samples/s for both, the loss of both on the first batch (they must
-agree) and ``ratio`` = vlp samples/s / open_clip samples/s (above 1: vlp is faster).
+    python benchmarks/train_step.py --no-heads           # only the plain CLIP pair
+
+Last line: one JSON object with samples/s of every variant, the first-batch losses of each pair
+(they must agree), ``ratio`` = vlp samples/s / open_clip samples/s for CLIP (above 1: vlp is
+faster), ``coca_ratio`` the same for CoCa, and ``head_cost`` = samples/s with a head / without.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from vlp.losses.contrastive import clip_loss
 from vlp.models.dual_encoder import DualEncoder
 from vlp.models.open_clip_layout import to_open_clip_state
 from vlp.train.optim import build_optimizer
+
+import train_step_heads
 
 CAPTIONS = [
     "a small red circle left of a large blue square", "a photo of a green triangle.",
@@ -54,6 +62,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=None, help="text context length (default: the config's)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--no-heads", action="store_true", help="skip the CoCa and prototype variants")
     args = parser.parse_args()
 
     overrides = [f"model.arch.text_cfg.context_length={args.context}"] if args.context else []
@@ -84,6 +93,10 @@ def main() -> None:
         "vlp": _step_fn(ours, build_optimizer(ours, cfg.optim), our_objective, images, texts),
         "open_clip": _step_fn(anchor, build_optimizer(anchor, cfg.optim), anchor_objective, images, texts),
     }
+    if not args.no_heads:
+        variants = train_step_heads.head_variants(ours.arch, cfg.optim, images, texts)
+        first.update({name: loss for name, (_, loss) in variants.items()})
+        steps.update({name: _step_fn(*parts, images, texts) for name, (parts, _) in variants.items()})
     for fn in steps.values():  # warm-up
         fn(), fn()
     times = {name: [] for name in steps}
@@ -103,6 +116,7 @@ def main() -> None:
         "longest_caption_tokens": caption_tokens, "threads": torch.get_num_threads(),
         "vlp_samples_per_s": round(per_s["vlp"], 2), "open_clip_samples_per_s": round(per_s["open_clip"], 2),
         "first_loss": first, "ratio": round(per_s["vlp"] / per_s["open_clip"], 3),
+        **({} if args.no_heads else train_step_heads.head_figures(per_s)),
     }))
 
 

@@ -23,6 +23,9 @@ def _outputs(kind, dtype):
     labels = torch.randint(1, V, (B, L), generator=g)
     leaves = {"image_emb": emb(B), "text_emb": emb(B), "image_emb_aug": emb(B), "text_emb_aug": emb(B),
               "neg_text_emb": emb(B, K), "caption_logits": torch.randn(B, L, V, generator=g)}
+    prototypes = F.normalize(torch.randn(3, D, generator=g), dim=-1)
+    leaves["proto_image_emb"], leaves["proto_text_emb"] = emb(B), emb(B)
+    leaves["proto_image_scores"], leaves["proto_text_scores"] = emb(B) @ prototypes.T, emb(B) @ prototypes.T
     leaves = {k: v.to(dtype).requires_grad_() for k, v in leaves.items()}
     scales = {"logit_scale": torch.tensor(100.0, requires_grad=True), "logit_bias": torch.tensor(-10.0, requires_grad=True)}
     return {**leaves, **scales, "caption_labels": labels}
@@ -67,6 +70,10 @@ def test_terms_under_bf16_autocast_are_float32_and_finite(key):
         assert outputs["image_emb"].dtype == torch.bfloat16  # the towers did run in bf16
         outputs["caption_logits"] = (outputs["image_emb"][:, :1, None] + torch.randn(4, L, V, generator=g)).to(torch.bfloat16)
         outputs["caption_labels"] = torch.randint(1, V, (4, L), generator=g)
+        prototypes = F.normalize(torch.randn(3, outputs["image_emb"].shape[-1], generator=g), dim=-1)
+        for side in ("image", "text"):
+            outputs[f"proto_{side}_emb"] = outputs[f"{side}_emb"]
+            outputs[f"proto_{side}_scores"] = outputs[f"{side}_emb"] @ prototypes.T.to(torch.bfloat16)
         torch.manual_seed(1)
         loss = compute_objective(outputs, [_term(key)])["total"]
     assert loss.dtype == torch.float32 and torch.isfinite(loss)

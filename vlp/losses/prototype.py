@@ -102,6 +102,11 @@ def _within(scores: torch.Tensor, codes: torch.Tensor, aug_scores: Optional[torc
             + soft_cross_entropy(aug_scores / temperature, codes)) / 2
 
 
+def _at_least_float32(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Half-precision inputs are scored in float32 (every division and matmul of the term)."""
+    return None if tensor is None else tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def prototype_loss(image_scores: torch.Tensor, text_scores: torch.Tensor, temperature: float = 0.1,
                    sinkhorn_iterations: int = 3, epsilon: float = 0.05, within_weight: float = 0.0,
                    back_translation: bool = False, image_emb: Optional[torch.Tensor] = None,
@@ -114,6 +119,8 @@ def prototype_loss(image_scores: torch.Tensor, text_scores: torch.Tensor, temper
     """
     if temperature <= 0:
         raise ValueError(f"prototype: temperature must be > 0, got {temperature}")
+    image_scores, text_scores, image_emb, text_emb, image_aug_scores, text_aug_scores = (
+        _at_least_float32(t) for t in (image_scores, text_scores, image_emb, text_emb, image_aug_scores, text_aug_scores))
     image_codes = sinkhorn_codes(image_scores, sinkhorn_iterations, epsilon)
     text_codes = sinkhorn_codes(text_scores, sinkhorn_iterations, epsilon)
     if back_translation:
