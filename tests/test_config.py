@@ -33,7 +33,7 @@ def test_unknown_key_names_the_nearest_valid_key(override, message):
     ("train.steps=abc", "train.steps"),
     ("optim.lr=-1", "optim.lr: must be > 0"),
     ("train.batch_size=0", "train.batch_size: must be > 0"),
-    ("optim.schedule=linear", "valid choices: cosine, constant"),
+    ("optim.schedule=step", "valid choices: cosine, linear, constant"),
     ("train.precision=fp8", "valid choices: fp32, bf16, fp16"),
     ("data.resize_scale=[0.9,0.5]", "data.resize_scale"),
     ("model.arch=ViT-B-33", "did you mean ViT-B-32"),
