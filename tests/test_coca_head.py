@@ -12,6 +12,7 @@ from vlp.config import ModelConfig
 from vlp.errors import ConfigError
 from vlp.models.dual_encoder import DualEncoder
 from vlp.models.factory import build_model
+from vlp.losses.captioning import caption_loss
 from vlp.models.heads.captioning import CaptionHead
 from vlp.models.towers import TowerFeatureError
 
@@ -145,8 +146,15 @@ def test_the_open_clip_coca_layout_computes_what_open_clip_coca_computes():
     ours.logit_head.load_state_dict({"logit_scale": anchor.logit_scale.detach()}, strict=False)
     with torch.no_grad():
         expected, got = anchor(_images(), IDS), ours(_images(), IDS)
-    torch.testing.assert_close(got["caption_logits"], expected["logits"])
-    assert torch.equal(got["caption_labels"], expected["labels"])
+    length = got["caption_logits"].shape[1]  # decoded up to the batch's last real token (IDS: 4 labels)
+    assert length == 4 and torch.all(expected["labels"][:, length:] == 0)
+    torch.testing.assert_close(got["caption_logits"], expected["logits"][:, :length])
+    assert torch.equal(got["caption_labels"], expected["labels"][:, :length])
+    ours_loss = caption_loss(got["caption_logits"], got["caption_labels"])
+    anchor_loss = open_clip.loss.CoCaLoss(caption_loss_weight=1.0, clip_loss_weight=0.0)
+    _, anchor_caption = anchor_loss(expected["image_features"], expected["text_features"], expected["logits"],
+                                    expected["labels"], expected["logit_scale"])
+    torch.testing.assert_close(ours_loss, anchor_caption)  # cutting the padding changes no loss
     torch.testing.assert_close(got["image_emb"], expected["image_features"])
     torch.testing.assert_close(got["text_emb"], expected["text_features"])
     assert isinstance(ours.heads["caption"], CaptionHead) and ours.heads["caption"].attn_pool is None
@@ -165,3 +173,27 @@ def test_an_hf_text_tower_gives_tokens_from_one_pass_and_is_refused_as_not_causa
     assert states.shape == (2, 4, 32) == (2, 4, model.text_tower.token_width) and not model.text_tower.causal
     with pytest.raises(ConfigError, match=r"needs a causal text tower.*'open_clip' \(open_clip HFTextEncoder\)"):
         build_model(ModelConfig(arch=hf_arch(folder), tokenizer=f"hf:{folder}", heads={"caption": {}}))
+
+
+def test_decoding_up_to_the_last_real_token_gives_the_full_context_loss_and_gradients():
+    vision, text = _coca_cfgs()
+    torch.manual_seed(0)
+    model = DualEncoder({"embed_dim": 32, "vision_cfg": vision, "text_cfg": text, "custom_text": True},
+                        heads={"caption": {}}).double()
+    head, images = model.heads["caption"], _images().double()
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    out = model(images, IDS)
+    assert out["caption_logits"].shape[1] == 4 < IDS.shape[1] - 1
+    cut = grads(caption_loss(out["caption_logits"], out["caption_labels"]))
+    _, states = model.text_tower.forward_with_tokens(IDS)  # the whole context, decoded in full
+    _, tokens = model.image_tower.forward_with_tokens(images)
+    full_logits = head.decode(head.image_memory(tokens), states[:, :-1])
+    full = grads(caption_loss(full_logits, IDS[:, 1:states.shape[1]]))
+    assert full.keys() == cut.keys()
+    for name in full:
+        torch.testing.assert_close(cut[name], full[name], rtol=1e-9, atol=1e-12, msg=name)

@@ -172,7 +172,18 @@ class CaptionHead(Head):
         return self.decode(memory, self.text_tower.token_states(ids)[:, : ids.shape[1]])[:, -1]
 
     def forward(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        states = outputs["text_tokens"]
-        length = states.shape[1]
-        logits = self.decode(self.image_memory(outputs["image_tokens"]), states[:, :-1])
-        return {"caption_logits": logits, "caption_labels": inputs["text"][:, 1:length]}
+        text = inputs["text"]
+        length = min(outputs["text_tokens"].shape[1], caption_length(text))
+        states = outputs["text_tokens"][:, : length - 1]
+        logits = self.decode(self.image_memory(outputs["image_tokens"]), states)
+        return {"caption_logits": logits, "caption_labels": text[:, 1:length]}
+
+
+def caption_length(text: torch.Tensor) -> int:
+    """The positions up to the batch's last non-zero id (at least 2): every label after it is the
+    padding id 0, which the ``caption`` loss ignores, and under the causal decoder no logit before
+    it depends on the positions after it, so decoding only these gives the same loss and
+    gradients at a fraction of the vocabulary projection (captions are far shorter than the
+    context). With a tokenizer that pads with another id nothing is cut."""
+    positions = torch.arange(1, text.shape[1] + 1, device=text.device).expand_as(text)
+    return max(int((positions * (text != 0)).max()) if text.numel() else 0, 2)
