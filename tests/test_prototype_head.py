@@ -13,6 +13,7 @@ from test_engine_faults import SMALL
 from vlp.config import load_config
 from vlp.errors import ConfigError
 from vlp.losses.prototype import prototype_loss, sinkhorn_codes
+from vlp.models.heads import check_heads_with_terms
 from vlp.models.heads.prototypes import PrototypeHead, usage_names
 
 
@@ -159,6 +160,32 @@ def test_config_errors_name_what_to_set():
     with pytest.raises(ConfigError, match=r"loss.terms\[0\].options.temp: 'prototype' takes no option 'temp'"):
         load_config("configs/tiny.yaml", ["loss.terms=[{name: prototype, options: {temp: 0.1}}]",
                                           "model.heads={prototypes: {}}"])
+
+
+def test_a_head_parameter_no_term_trains_stops_training(tmp_path):
+    """Data-parallel training refuses a parameter without gradient: back translation without the
+    within-modality term trains no prototype, and a head no term reads trains nothing. Training
+    stops before any work; the config itself still loads (a saved run stays evaluable)."""
+    from vlp.train import engine
+
+    bt = "loss.terms=[{name: clip}, {name: prototype, options: {back_translation: true}}]"
+    heads = "model.heads={prototypes: {num_prototypes: 8, kmeans_episode: 16}}"
+    run = [f"train.output_dir={tmp_path}", "train.run_name=refused"]
+    with pytest.raises(ConfigError, match=r"model.heads.prototypes.learn_prototypes: loss.terms\[1\] \(prototype\) has "
+                                          r"back_translation=true and within_weight=0.*learn_prototypes=false"):
+        engine.train(load_config("configs/tiny.yaml", [bt, heads, *run]))
+    with pytest.raises(ConfigError, match=r"model.heads.prototypes: no loss term reads the head's outputs"):
+        engine.train(load_config("configs/tiny.yaml", [heads, *run]))
+    assert not (tmp_path / "refused").exists()  # refused before the run directory is made
+    with pytest.raises(ConfigError, match=r"model.heads.prototypes.learn_prototypes: false with kmeans_episode=0"):
+        load_config("configs/tiny.yaml", [bt, "model.heads={prototypes: {learn_prototypes: false}}"])
+    fixed = load_config("configs/tiny.yaml", [bt, "model.heads={prototypes: {num_prototypes: 8, kmeans_episode: 16, "
+                                                  "learn_prototypes: false}}"])
+    within = load_config("configs/tiny.yaml", [bt.replace("true}", "true, within_weight: 0.5}"), heads])
+    for cfg in (fixed, within):  # nothing untrained
+        check_heads_with_terms(cfg.model.heads, cfg.loss.terms)
+    head = PrototypeHead(nn.Identity(), StubTextTower(4), **fixed.model.heads["prototypes"])
+    assert not any(p.requires_grad for p in head.prototypes.values())
 
 
 def test_training_with_the_prototype_term_logs_loss_and_usage(shapes_dir, tmp_path):

@@ -32,6 +32,7 @@ from vlp.data.skips import SkipReport
 from vlp.data.transforms import normalize_on_device, train_transform
 from vlp.losses.registry import compute_objective
 from vlp.models.factory import build_model, count_parameters, model_tokenizer
+from vlp.models.heads import check_heads_with_terms
 from vlp.checkpoints import FINAL_NAME, prune_step_checkpoints, save_atomic
 from vlp.train.evaluation import INSTALLED, EvaluationChoice, resolve_evaluation
 from vlp.train.optim import build_optimizer, build_scheduler
@@ -137,6 +138,9 @@ def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, resumed
 def _start(cfg: Config, recipe: Optional[str]) -> TrainState | Path:
     """Build and place everything, resuming from the run directory when it allows; the run
     directory itself when there is nothing left to train."""
+    # what only training needs of the heads (e.g. no parameter that nothing trains: DDP refuses
+    # one); checked here, not when a config is read, so a saved config still loads for evaluation
+    check_heads_with_terms(cfg.model.heads, cfg.loss.terms)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     on_cpu = not torch.cuda.is_available()

@@ -20,7 +20,7 @@ prototype usage over the global batch (collapse shows as low entropy and many un
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -58,7 +58,9 @@ class PrototypeHead(Head):
     the episodic k-means, 0 = off; at least K); ``kmeans_niter`` (k-means iterations);
     ``kmeans_seed`` (k-means seed, plus the episode number); ``kmeans_nredo`` (k-means runs per
     episode, the one with the lowest objective kept); ``kmeans_refresh`` (cluster every episode; False: only the
-    first, as an initialisation).
+    first, as an initialisation); ``learn_prototypes`` (False: the prototypes take no gradient and
+    only the k-means moves them, which ProtoCLIP's back translation without a within-modality
+    term needs, see :meth:`check_terms`).
     """
 
     provides = ("proto_image_emb", "proto_text_emb", "proto_image_scores", "proto_text_scores",
@@ -66,10 +68,11 @@ class PrototypeHead(Head):
 
     def __init__(self, image_tower: nn.Module, text_tower: nn.Module, num_prototypes: int = 256, shared: bool = False,
                  projection_dim: int = 0, kmeans_episode: int = 0, kmeans_niter: int = 20, kmeans_seed: int = 0,
-                 kmeans_nredo: int = 1, kmeans_refresh: bool = True) -> None:
+                 kmeans_nredo: int = 1, kmeans_refresh: bool = True, learn_prototypes: bool = True) -> None:
         super().__init__(image_tower, text_tower)
         self.check_options(dict(num_prototypes=num_prototypes, projection_dim=projection_dim,
-                                kmeans_episode=kmeans_episode, kmeans_niter=kmeans_niter, kmeans_nredo=kmeans_nredo))
+                                kmeans_episode=kmeans_episode, kmeans_niter=kmeans_niter, kmeans_nredo=kmeans_nredo,
+                                learn_prototypes=learn_prototypes))
         self.num_prototypes, self.shared = int(num_prototypes), bool(shared)
         self.kmeans_niter, self.kmeans_nredo, self.kmeans_seed = int(kmeans_niter), int(kmeans_nredo), int(kmeans_seed)
         self.kmeans_refresh = bool(kmeans_refresh)
@@ -77,8 +80,8 @@ class PrototypeHead(Head):
         dim = int(projection_dim) or width
         self.projections = nn.ModuleDict({m: nn.Linear(width, dim) for m in MODALITIES}) if projection_dim else None
         names = ("shared",) if self.shared else MODALITIES
-        self.prototypes = nn.ParameterDict({n: nn.Parameter(F.normalize(torch.randn(self.num_prototypes, dim), dim=-1))
-                                            for n in names})
+        self.prototypes = nn.ParameterDict({n: nn.Parameter(F.normalize(torch.randn(self.num_prototypes, dim), dim=-1),
+                                                         requires_grad=bool(learn_prototypes)) for n in names})
         self.register_buffer("kmeans_episodes", torch.zeros((), dtype=torch.long))
         self.episode = EpisodeBuffer(int(kmeans_episode))
 
@@ -96,6 +99,27 @@ class PrototypeHead(Head):
         for name, default in (("kmeans_niter", 20), ("kmeans_nredo", 1)):
             if int(options.get(name, default)) < 1:
                 raise ConfigError(f"{key}.{name}: at least 1, got {options[name]}")
+        if not options.get("learn_prototypes", True) and not episode:
+            raise ConfigError(f"{key}.learn_prototypes: false with kmeans_episode=0 leaves the prototypes at their "
+                              f"random init; set {key}.kmeans_episode (the k-means moves them) or learn_prototypes=true")
+
+    @classmethod
+    def check_terms(cls, options: Mapping[str, Any], terms: Sequence[Any], key: str = "model.heads.prototypes") -> None:
+        """ConfigError for a trainable parameter of the head that no ``prototype`` term trains (DDP
+        without ``find_unused_parameters`` refuses one): the projections need some prototype term;
+        learnable prototypes need one whose gradient reaches them, i.e. without ``back_translation``
+        or with ``within_weight`` > 0 (back translation scores against detached centroids and the
+        codes take no gradient)."""
+        proto_terms = [(i, dict(t.options or {})) for i, t in enumerate(terms) if t.name == "prototype"]
+        if not proto_terms and (options.get("projection_dim") or options.get("learn_prototypes", True)):
+            raise ConfigError(f"{key}: no loss term reads the head's outputs, so nothing trains its parameters; "
+                              "add {name: prototype} to loss.terms or remove the head")
+        trains = any(not o.get("back_translation") or float(o.get("within_weight", 0.0)) != 0 for _, o in proto_terms)
+        if proto_terms and options.get("learn_prototypes", True) and not trains:
+            i = proto_terms[0][0]
+            raise ConfigError(f"{key}.learn_prototypes: loss.terms[{i}] (prototype) has back_translation=true and "
+                              "within_weight=0, so no gradient reaches the prototypes (only the episodic k-means "
+                              f"moves them); set {key}.learn_prototypes=false, or loss.terms[{i}].options.within_weight > 0")
 
     @classmethod
     def provides_for(cls, options: Mapping[str, Any]) -> Tuple[str, ...]:

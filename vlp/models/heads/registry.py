@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABCMeta, abstractmethod
-from typing import Any, Callable, ClassVar, Dict, Mapping, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Mapping, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -75,6 +75,12 @@ class Head(nn.Module, metaclass=ABCMeta):
         """Called by the training engine on every rank after each optimizer update (default:
         nothing); e.g. a prototype head's episodic k-means refresh."""
 
+    @classmethod
+    def check_terms(cls, options: Mapping[str, Any], terms: Sequence[Any], key: str) -> None:
+        """ConfigError when ``options`` do not fit the configured ``loss.terms`` (each with
+        ``name`` and ``options``), e.g. a parameter that no term trains (data-parallel training
+        refuses one); ``key`` is the head's config key. Default: no check."""
+
 
 def register_head(name: str) -> Callable[[Type[Head]], Type[Head]]:
     """Decorator: register a :class:`Head` subclass as ``name`` (a Python identifier)."""
@@ -125,10 +131,18 @@ def check_heads(heads: Mapping[str, Mapping[str, Any]], key: str = "model.heads"
             given[output] = f"head {name!r}"
 
 
+def check_heads_with_terms(heads: Mapping[str, Mapping[str, Any]], terms: Sequence[Any],
+                           key: str = "model.heads") -> None:
+    """Each configured head's :meth:`Head.check_terms` against ``loss.terms`` (when the config is read)."""
+    for name, options in heads.items():
+        if name in HEADS:
+            HEADS[name].check_terms(dict(options or {}), terms, f"{key}.{name}")
+
+
 def build_head(name: str, options: Mapping[str, Any], image_tower: nn.Module, text_tower: nn.Module) -> Head:
     """The head registered as ``name``, built with ``options`` over the two towers."""
     check_heads({name: options})
     return HEADS[name](image_tower, text_tower, **dict(options or {}))
 
 
-__all__ = ["ENCODER_OUTPUTS", "HEADS", "TOKEN_OUTPUTS", "Head", "build_head", "check_heads", "head_provides", "register_head"]
+__all__ = ["ENCODER_OUTPUTS", "HEADS", "TOKEN_OUTPUTS", "Head", "build_head", "check_heads", "check_heads_with_terms", "head_provides", "register_head"]
