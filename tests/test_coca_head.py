@@ -197,3 +197,28 @@ def test_decoding_up_to_the_last_real_token_gives_the_full_context_loss_and_grad
     assert full.keys() == cut.keys()
     for name in full:
         torch.testing.assert_close(cut[name], full[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_a_tokenizer_that_pads_with_another_id_has_its_padding_ignored():
+    """Text padded with id 1 (as RoBERTa's tokenizer pads): the head marks those labels -100 and
+    decodes only up to the last real token, so the loss is the mean over the real tokens alone."""
+    arch = {**TINY_ARCH, "text_cfg": {**TINY_ARCH["text_cfg"], "pad_id": 1}}
+    torch.manual_seed(0)
+    model = DualEncoder(arch, heads={"caption": {"n_queries": 4}})
+    assert model.text_tower.pad_id == 1
+    ids = torch.where(IDS == 0, torch.ones_like(IDS), IDS)
+    out = model(_images(), ids)
+    assert out["caption_labels"].tolist() == [[5, 9, 63, -100], [7, 63, -100, -100], [3, 4, 5, 63]]
+    logits, labels = out["caption_logits"], out["caption_labels"]
+    real = labels >= 0
+    expected = torch.nn.functional.cross_entropy(logits[real], labels[real])
+    torch.testing.assert_close(caption_loss(logits, labels), expected)
+
+
+def test_a_caption_head_that_no_term_trains_is_refused_before_training():
+    from vlp.config import LossTermConfig
+    from vlp.models.heads import check_heads_with_terms
+
+    with pytest.raises(ConfigError, match=r"model.heads.caption: no loss term reads .*name: caption"):
+        check_heads_with_terms({"caption": {}}, [LossTermConfig(name="clip")])
+    check_heads_with_terms({"caption": {}}, [LossTermConfig(name="clip"), LossTermConfig(name="caption", weight=2.0)])

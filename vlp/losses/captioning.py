@@ -18,9 +18,12 @@ from vlp.losses.registry import register_term
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = 0, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` [B, L, V] against ``labels`` [B, L] over non-pad tokens."""
+    """Mean cross-entropy of ``logits`` [B, L, V] against ``labels`` [B, L] over the tokens that
+    are neither ``pad_id`` nor negative (a head marks padding -100 when the tokenizer pads with
+    another id than 0)."""
     _, world = world_info()
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    labels = labels.masked_fill(labels < 0, pad_id)
     per_token = F.cross_entropy(logits.permute(0, 2, 1), labels, ignore_index=pad_id,
                                 label_smoothing=label_smoothing, reduction="sum")
     count = (labels != pad_id).sum().to(logits.dtype)

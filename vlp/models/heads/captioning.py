@@ -13,7 +13,8 @@ contrastive pooler gives ``image_emb``, as in the CoCa paper).
 
 Outputs (teacher forcing): ``caption_logits`` [B, L'-1, V], the prediction of each next token from
 the states of the tokens up to it, and ``caption_labels`` [B, L'-1] = ``text[:, 1:L']`` (padding kept
-as the tokenizer's pad id, which the ``caption`` loss ignores). V is the text tower's
+as id 0 with open_clip's tokenizer, -100 with one that pads with another id (the text tower's
+``pad_id``): the ``caption`` loss ignores both). V is the text tower's
 ``vocab_size``; L' <= L is the length of the text tower's states (open_clip's causal tower stops
 after the batch's last end token: the positions after it are padding).
 
@@ -35,7 +36,7 @@ the model computes what open_clip's CoCa computes (tests/test_coca_head.py check
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -137,6 +138,14 @@ class CaptionHead(Head):
                                                                n_queries=int(n_queries), norm_layer=LayerNorm)
         self.image_token_proj = nn.Linear(image_width, width) if pooled and image_width != width else None
 
+    @classmethod
+    def check_terms(cls, options: Mapping[str, Any], terms: Sequence[Any], key: str = KEY) -> None:
+        """ConfigError when no ``caption`` term trains the head (its decoder would get no gradient,
+        which data-parallel training refuses, and the head would only cost time)."""
+        if not any(term.name == "caption" for term in terms):
+            raise ConfigError(f"{key}: no loss term reads the caption head's outputs, so nothing trains it; add "
+                              "{name: caption, weight: 2.0} to loss.terms (CoCa's weight) or remove the head")
+
     @staticmethod
     def _token_widths(image_tower: nn.Module, text_tower: nn.Module) -> Tuple[int, int]:
         """(image token width, text token width); a tower without tokens, or a text tower that is not
@@ -172,18 +181,25 @@ class CaptionHead(Head):
         return self.decode(memory, self.text_tower.token_states(ids)[:, : ids.shape[1]])[:, -1]
 
     def forward(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        text = inputs["text"]
-        length = min(outputs["text_tokens"].shape[1], caption_length(text))
+        text, pad = inputs["text"], int(self.text_tower.pad_id)
+        length = min(outputs["text_tokens"].shape[1], caption_length(text, pad))
         states = outputs["text_tokens"][:, : length - 1]
         logits = self.decode(self.image_memory(outputs["image_tokens"]), states)
-        return {"caption_logits": logits, "caption_labels": text[:, 1:length]}
+        labels = text[:, 1:length]
+        if pad != 0:  # the caption loss ignores id 0 (open_clip's padding) and negative labels
+            labels = labels.masked_fill(labels == pad, IGNORE_LABEL)
+        return {"caption_logits": logits, "caption_labels": labels}
 
 
-def caption_length(text: torch.Tensor) -> int:
-    """The positions up to the batch's last non-zero id (at least 2): every label after it is the
-    padding id 0, which the ``caption`` loss ignores, and under the causal decoder no logit before
-    it depends on the positions after it, so decoding only these gives the same loss and
+IGNORE_LABEL = -100
+"""The label of a padding position when the tokenizer pads with an id other than 0."""
+
+
+def caption_length(text: torch.Tensor, pad_id: int = 0) -> int:
+    """The positions up to the batch's last id that is not ``pad_id`` (at least 2): every label
+    after it is padding, which the ``caption`` loss ignores, and under the causal decoder no logit
+    before it depends on the positions after it, so decoding only these gives the same loss and
     gradients at a fraction of the vocabulary projection (captions are far shorter than the
-    context). With a tokenizer that pads with another id nothing is cut."""
+    context)."""
     positions = torch.arange(1, text.shape[1] + 1, device=text.device).expand_as(text)
-    return max(int((positions * (text != 0)).max()) if text.numel() else 0, 2)
+    return max(int((positions * (text != pad_id)).max()) if text.numel() else 0, 2)

@@ -100,6 +100,11 @@ class TextTower(nn.Module, metaclass=ABCMeta):
         raise TowerFeatureError(f"the text tower {self.name!r} ({self.describe()}) gives no per-token states")
 
     @property
+    def pad_id(self) -> int:
+        """The id the tokenizer pads a caption with (0 by default, as open_clip's tokenizer)."""
+        return 0
+
+    @property
     def causal(self) -> bool:
         """True when each position's state depends only on the ids up to it (a causal mask), so the
         states can feed a next-token decoder (captioning); False by default."""

@@ -43,8 +43,9 @@ class OpenCLIPTextTower(TextTower):
 
     def __init__(self, *, transformer: nn.Module, token_embedding: nn.Module, positional_embedding: nn.Parameter,
                  ln_final: nn.Module, text_projection: Any, attn_mask: Optional[torch.Tensor], pool_type: str,
-                 eos_id: Optional[int], vocab_size: int, context_length: int) -> None:
+                 eos_id: Optional[int], vocab_size: int, context_length: int, pad_id: int = 0) -> None:
         super().__init__()
+        self._pad_id = int(pad_id)
         self.transformer = transformer
         self.token_embedding = token_embedding
         self.positional_embedding = positional_embedding
@@ -61,7 +62,8 @@ class OpenCLIPTextTower(TextTower):
         return cls(transformer=text.transformer, token_embedding=text.token_embedding,
                    positional_embedding=text.positional_embedding, ln_final=text.ln_final,
                    text_projection=text.text_projection, attn_mask=text.attn_mask, pool_type=text.pool_type,
-                   eos_id=text.eos_id, vocab_size=text.vocab_size, context_length=context_length)
+                   eos_id=text.eos_id, vocab_size=text.vocab_size, context_length=context_length,
+                   pad_id=int(getattr(text, "pad_id", 0) or 0))
 
     @classmethod
     def from_clip(cls, clip: nn.Module, context_length: int) -> "OpenCLIPTextTower":
@@ -78,6 +80,10 @@ class OpenCLIPTextTower(TextTower):
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
 
     def describe(self) -> str:
         return "open_clip TextTransformer"
@@ -174,6 +180,11 @@ class OpenCLIPCustomTextTower(TextTower):
         if isinstance(self.text, HFTextEncoder):
             return int(self.text.config.hidden_size)
         return int(self.text.width)
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(getattr(self.text, "config", None), "pad_token_id", None)
+        return int(pad if pad is not None else getattr(self.text, "pad_id", 0) or 0)
 
     @property
     def causal(self) -> bool:
