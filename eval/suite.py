@@ -1,5 +1,6 @@
 """The built-in suite: the tasks that declare a folder under the built-in root (``Task.builtin``:
-zero-shot, retrieval and compositionality on ROOT/{zeroshot,retrieval,compositional}).
+zero-shot, retrieval and compositionality on ROOT/{zeroshot,retrieval,compositional}), plus
+captioning on ROOT/retrieval for a model with a caption head (CoCa).
 
 It is ``eval run`` on those folders (:func:`eval.run.run_tasks`): the same tasks, readers, files
 and embedding cache. :func:`evaluate_builtin` runs it on a model in memory without writing
@@ -38,10 +39,28 @@ def run_builtin(encoder: Encoder, root: str | os.PathLike[str], output_dir: str 
     --output`` writes them; none when None); return {entry name (its folder): result dict}."""
     tasks = registry.builtin_tasks()
     specs = builtin_datasets(root)
-    results = run_tasks(encoder, [t.family for t in tasks], specs, output_dir, options)
-    if len(results) != len(tasks):  # one result per folder, in folder order
-        raise RuntimeError(f"built-in suite expected {len(tasks)} results, got {len(results)}")
-    return {str(t.builtin): result for t, result in zip(tasks, results)}
+    families, names = [t.family for t in tasks], [str(t.builtin) for t in tasks]
+    if _captions(encoder):  # a CoCa model also captions the retrieval folder's images, after retrieval
+        families.append(CAPTIONING)
+        names.insert(names.index(CAPTIONED_FOLDER) + 1, CAPTIONING)
+    results = run_tasks(encoder, families, specs, output_dir, options)
+    if len(results) != len(names):  # one result per folder (and captioning), in folder order
+        raise RuntimeError(f"built-in suite expected {len(names)} results, got {len(results)}")
+    return dict(zip(names, results))
+
+
+CAPTIONING = "captioning"
+CAPTIONED_FOLDER = "retrieval"
+"""The built-in folder whose reference captions the captioning task scores (for models with a caption head)."""
+
+
+def _captions(encoder: Encoder) -> bool:
+    """True when the encoder's model has a caption head and the captioning task is registered."""
+    if CAPTIONING not in registry.families():
+        return False
+    from eval.captioning.generate import caption_head_reason
+
+    return caption_head_reason(encoder) is None
 
 
 def evaluate_builtin(

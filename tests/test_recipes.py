@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.training import evaluate_at_end
 from vlp.config import load_config
 from vlp.train import cli, engine
 
@@ -49,8 +50,15 @@ def test_tiny_coca_trains_and_captions_images(shapes_dir: Path, tmp_path: Path) 
     from eval.datasets.shards import RetrievalShards
 
     cfg = load_config("configs/coca_tiny.yaml", [f"data.train_shards={shapes_dir}/train",
-                                                 f"train.output_dir={tmp_path}", *SHRINK])
-    run = engine.train(cfg)
+                                                 f"train.output_dir={tmp_path}", *SHRINK, "eval.at_end=true",
+                                                 f"eval.builtin_root={shapes_dir}/eval", "eval.cache=false"])
+    run = engine.train(cfg, evaluate=evaluate_at_end)
+    results = json.loads((run / "eval_results.json").read_text())
+    assert set(results) == {"zeroshot", "retrieval", "captioning", "compositional"}
+    captioning = results["captioning"]
+    assert captioning["task"] == "captioning" and "image_retrieval_recall@1" in results["retrieval"]["metrics"]
+    assert {"bleu_1", "bleu_4", "cider"} <= set(captioning["metrics"]) and captioning["num_images"] > 0
+    assert all(0.0 <= captioning["metrics"][k] <= 1.0 for k in ("bleu_1", "bleu_4"))
     lines = _metrics(run)
     assert [line["step"] for line in lines] == [1, 2, 3]
     for line in lines:
