@@ -131,3 +131,52 @@ def test_predictions_and_references_must_match() -> None:
         caption_metrics({"1": "a"}, {"2": ["a"]}, java_metrics=False)
     with pytest.raises(ValueError, match="no reference caption"):
         caption_metrics({"1": "a"}, {"1": []}, java_metrics=False)
+
+
+def test_cider_of_one_image_is_skipped_not_a_silent_zero() -> None:
+    one = caption_metrics({"x": "a cat on a mat"}, {"x": ["a cat on a mat", "a cat sits on the mat"]},
+                          java_metrics=False)
+    assert "cider" not in one["metrics"] and one["metrics"]["bleu_4"] == pytest.approx(1.0)
+    assert one["metrics_skipped"]["cider"].startswith("skipped: CIDEr-D needs at least 2 images")
+    two = caption_metrics({"x": "a cat on a mat", "y": "a dog"}, {"x": ["a cat on a mat"], "y": ["a dog runs"]},
+                          java_metrics=False)
+    assert two["metrics"]["cider"] > 0 and "cider" not in two["metrics_skipped"]
+
+
+def test_ids_are_matched_as_strings() -> None:
+    scores = caption_metrics({1: "a cat", 2: "a dog"}, {"1": ["a cat"], "2": ["a dog"]}, java_metrics=False)
+    assert scores["metrics"]["bleu_1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="distinct as strings"):
+        caption_metrics({1: "a cat", "1": "a dog"}, {"1": ["a cat"]}, java_metrics=False)
+
+
+UNICODE_CAPTIONS = {
+    "a dog\U0001F436 on the grass \U0001F44D\U0001F3FD": "a dog on the grass",  # emoji: dropped, the word split there
+    "a cat\u200bsits on a co\u00adop": "a cat sits on a coop",  # zero-width space separates, soft hyphen goes
+    "a \u00abchic\u00bb caf\u00e9 \u2039ok\u203a": "a chic caf\u00e9 ok",  # guillemets are quotes
+    "see https://a.com/x?q=1, (http://b.org/p).": "see https://a.com/x?q=1 -lrb- http://b.org/p -rrb-",
+}
+
+
+def test_tokenizer_on_unicode_and_urls() -> None:
+    assert {c: tokenize_caption(c) for c in UNICODE_CAPTIONS} == UNICODE_CAPTIONS
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTBTokenizer needs a Java runtime")
+def test_python_tokenizer_equals_ptbtokenizer_on_unicode_and_urls() -> None:
+    captions = {str(i): [c] for i, c in enumerate(UNICODE_CAPTIONS)}
+    assert tokenize(captions) == java_tokenize(captions)
+
+
+def test_auto_tokenizer_is_java_s_ptb_when_java_is_found_and_python_otherwise(monkeypatch):
+    from eval.captioning import metrics
+
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
+    assert metrics.resolve_tokenizer("auto") == "python"
+    predictions, references = {"a": "a red circle", "b": "two squares"}, {"a": ["a red circle."], "b": ["two blue squares"]}
+    assert metrics.caption_metrics(predictions, references, java_metrics=False)["tokenizer"] == "ptb-python"
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: "/usr/bin/java")
+    assert metrics.resolve_tokenizer("auto") == "java"
+    assert metrics.resolve_tokenizer("python") == "python"
+    with pytest.raises(ValueError, match="'auto', 'python' or 'java'"):
+        metrics.resolve_tokenizer("spacy")

@@ -214,3 +214,55 @@ def test_missing_and_unknown_sources_name_the_key(tmp_path):
 def test_a_saved_config_still_loads_when_its_init_file_is_gone(tmp_path):
     model = build_model(ModelConfig(arch=ARCH, init_from=str(tmp_path / "gone.pt")), for_checkpoint=True)
     assert model.image_size == 16  # evaluation and export rebuild from the checkpoint, not the init file
+
+
+def test_a_truncated_or_empty_safetensors_names_the_key_and_file(tmp_path):
+    folder = _local_dir(tmp_path)
+    data = (folder / "open_clip_model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    for name in ("cut", "empty"):
+        with pytest.raises(ConfigError, match=rf"model.init_image_from: .*{name}.safetensors cannot be read as safetensors"):
+            _ours(init_image_from=str(tmp_path / f"{name}.safetensors"))
+    _hf_clip_dir(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ConfigError, match=r"model.init_from: .*hf/model.safetensors cannot be read as safetensors"):
+        _ours(init_from=str(tmp_path / "hf"))
+
+
+def test_malformed_json_beside_the_weights_names_the_key_and_file(tmp_path):
+    folder = _local_dir(tmp_path)
+    (folder / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"model.init_from: .*oc/open_clip_config.json is not readable JSON"):
+        _ours(init_from=str(folder))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "clip",')
+    with pytest.raises(ConfigError, match=r"model.init_text_from: .*hf/config.json is not readable JSON"):
+        _ours(init_text_from=str(tmp_path / "hf"))
+
+
+def test_a_transformers_config_without_hidden_act_means_quick_gelu_and_others_are_refused(tmp_path):
+    _hf_clip_dir(tmp_path / "hf", "quick_gelu")
+    config = tmp_path / "hf" / "config.json"
+    raw = json.loads(config.read_text())
+    for section in ("text_config", "vision_config"):
+        raw[section].pop("hidden_act")  # transformers' default, which a trimmed config.json leaves out
+    config.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"model.init_from: .*QuickGELU .*but the model is built with GELU"):
+        _ours(init_from=str(tmp_path / "hf"))
+    assert _ours(init_from=str(tmp_path / "hf"), quick_gelu=True).quick_gelu
+    raw["vision_config"]["hidden_act"] = "gelu_new"
+    config.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"model.init_image_from: .*vision_config.hidden_act='gelu_new'"):
+        _ours(init_image_from=str(tmp_path / "hf"), quick_gelu=True)
+
+
+def test_a_logit_bias_the_model_lacks_is_reported_not_dropped_silently(tmp_path, caplog):
+    torch.manual_seed(1)
+    torch.save(open_clip.CLIP(**ARCH, init_logit_bias=-10.0).state_dict(), tmp_path / "siglip.pt")
+    with caplog.at_level("WARNING", logger="vlp.models.init_from"):
+        assert _ours(init_from=str(tmp_path / "siglip.pt")).logit_head.logit_bias is None
+    assert "logit_head.logit_bias, which the model does not have (set model.init_logit_bias" in caplog.text
+    biased = _ours(init_from=str(tmp_path / "siglip.pt"), init_logit_bias=0.0)
+    assert biased.logit_head.logit_bias.item() == -10.0

@@ -8,8 +8,11 @@
   (``skipped: <reason>``), never a crash.
 
 Captions are tokenized as pycocoevalcap's ``COCOEvalCap`` does (PTBTokenizer, lowercase, its
-punctuation list removed), by the pure-Python :mod:`eval.captioning.ptb`, so the numbers are the
-same with or without Java; ``tokenizer="java"`` uses pycocoevalcap's PTBTokenizer itself.
+punctuation list removed). ``tokenizer="auto"`` (the default) runs pycocoevalcap's PTBTokenizer
+itself when a Java runtime is found, so the numbers are COCO's; without Java, the pure-Python
+:mod:`eval.captioning.ptb`, which gives the same tokens on ordinary captions (tested) but not on
+every exotic one (some abbreviations, currency signs, fractions). The result names the tokenizer
+used. ``"java"`` / ``"python"`` force one.
 """
 
 from __future__ import annotations
@@ -50,21 +53,34 @@ def require_pycocoevalcap() -> Path:
 def _checked(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> list[str]:
     """The ids, in order; a ValueError when they differ, or an image has no reference."""
     ids = [str(k) for k in predictions]
+    if len(set(ids)) != len(ids) or len({str(k) for k in references}) != len(references):
+        raise ValueError("image ids must stay distinct as strings (e.g. not both 1 and '1')")
     if set(ids) != {str(k) for k in references}:
         missing = sorted(set(map(str, references)) ^ set(ids))[:3]
         raise ValueError(f"predictions and references must cover the same images; differing ids: {missing}")
+    references = {str(k): v for k, v in references.items()}
     empty = [k for k in ids if not references[k]]
     if empty:
         raise ValueError(f"image {empty[0]!r} has no reference caption")
     return ids
 
 
+def resolve_tokenizer(tokenizer: str) -> str:
+    """'java' or 'python' for ``tokenizer`` ('auto': Java's PTBTokenizer when a Java runtime is found)."""
+    if tokenizer not in ("auto", "python", "java"):
+        raise ValueError(f"tokenizer must be 'auto', 'python' or 'java', got {tokenizer!r}")
+    if tokenizer == "auto":
+        return "java" if shutil.which("java") else "python"
+    return tokenizer
+
+
 def tokenized_inputs(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
                      tokenizer: str = "python") -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(references, predictions) tokenized as pycocoevalcap's scorers take them: {id: [caption]}."""
     ids = _checked(predictions, references)
-    if tokenizer not in ("python", "java"):
-        raise ValueError(f"tokenizer must be 'python' or 'java', got {tokenizer!r}")
+    tokenizer = resolve_tokenizer(tokenizer)
+    predictions = {str(k): v for k, v in predictions.items()}
+    references = {str(k): v for k, v in references.items()}
     tok = tokenize if tokenizer == "python" else java_tokenize
     gts = tok({k: [str(c) for c in references[k]] for k in ids})
     res = tok({k: [str(predictions[k])] for k in ids})
@@ -148,16 +164,22 @@ def spice_score(gts: Mapping[str, list[str]], res: Mapping[str, list[str]]) -> t
 
 
 def caption_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], *,
-                    java_metrics: bool = True, tokenizer: str = "python") -> dict[str, Any]:
+                    java_metrics: bool = True, tokenizer: str = "auto") -> dict[str, Any]:
     """Scores of ``predictions`` ({image id: caption}) against ``references`` ({image id: [caption, ...]}).
 
-    Returns ``{"metrics": {bleu_1..bleu_4, cider[, meteor][, spice]}, "metrics_skipped":
-    {metric: "skipped: <reason>"}}``; ``java_metrics=False`` skips METEOR and SPICE.
+    Returns ``{"metrics": {bleu_1..bleu_4[, cider][, meteor][, spice]}, "metrics_skipped":
+    {metric: "skipped: <reason>"}, "tokenizer": "ptb-java" | "ptb-python"}``; ``java_metrics=False`` skips METEOR and SPICE; CIDEr-D is
+    skipped for a single image (its IDF weights are all 0 then).
     """
     require_pycocoevalcap()
+    tokenizer = resolve_tokenizer(tokenizer)
     gts, res = tokenized_inputs(predictions, references, tokenizer)
     metrics: dict[str, Any] = bleu_cider(gts, res)
     skipped: dict[str, str] = {}
+    if len(gts) < 2:  # CIDEr-D's IDF is over the images: with one, every n-gram's is log(1/1) = 0
+        metrics.pop("cider")
+        skipped["cider"] = (f"skipped: CIDEr-D needs at least 2 images (its IDF weights over {len(gts)} image "
+                            "are all 0, so every caption would score 0)")
     for name, scorer in (("meteor", meteor_score), ("spice", spice_score)):
         if not java_metrics:
             skipped[name] = "skipped: not asked for (--no-java-metrics)"
@@ -168,5 +190,5 @@ def caption_metrics(predictions: Mapping[str, str], references: Mapping[str, Seq
             skipped[name] = f"skipped: {reason}"
         else:
             metrics[name] = value
-    return {"metrics": metrics, "metrics_skipped": skipped}
+    return {"metrics": metrics, "metrics_skipped": skipped, "tokenizer": f"ptb-{tokenizer}"}
 

@@ -7,7 +7,7 @@ It reproduces the Java tokenizer on ordinary captions (checked against it in
 (a period stays on abbreviations and acronyms: ``mr.``, ``u.s.``, ``a.m.``), the PTB contractions
 (``do n't``, ``ca n't``, ``cat 's``, ``i 'd 've``, ``can not``, ``gon na``), quotes to `` and '',
 brackets to ``-lrb-`` ... (lowercased, so, as in pycocoevalcap, *not* removed), hyphenated words,
-numbers (``3.5``, ``1,000``, ``10:30``, ``1/2``) and URLs kept whole, ``$ 5.99``, ``5 %``, ``# 2``.
+numbers (``3.5``, ``1,000``, ``10:30``, ``1/2``) and http(s) URLs kept whole, emoji dropped, ``$ 5.99``, ``5 %``, ``# 2``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ ABBREVIATIONS = frozenset(
 CAPITALISED_ABBREVIATIONS = frozenset({"Mass"})
 BRACKETS = {"(": "-LRB-", ")": "-RRB-", "[": "-LSB-", "]": "-RSB-", "{": "-LCB-", "}": "-RCB-"}
 UNICODE = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...",
-           "\u2014": " -- ", "\u2013": " -- ", "\u00a0": " "}
+           "\u2014": " -- ", "\u2013": " -- ", "\u00a0": " ",
+           "\u00ab": ' " ', "\u00bb": ' " ', "\u2039": ' " ', "\u203a": ' " ',  # guillemets: quotes, dropped
+           "\u200b": " ", "\u200c": " ", "\u200d": " ", "\u2060": " ", "\ufeff": " ",  # zero-width: separate
+           "\u00ad": ""}  # a soft hyphen is dropped
+#: characters beyond the Basic Multilingual Plane (emoji, ...): the Java lexer cannot tokenize them
+#: ("Untokenizable"), drops them and splits the word there
+ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+#: http(s) URLs, which the Java tokenizer keeps whole (without trailing punctuation)
+URL = re.compile(r"(?i)https?://[^\s()\[\]{}\"<>]*[^\s()\[\]{}\"<>.,;:!?']")
 WHOLE_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"),
                "wanna": ("wan", "na"), "lemme": ("lem", "me"), "gimme": ("gim", "me"),
                "'tis": ("'t", "is"), "'twas": ("'t", "was"), "y'all": ("y'", "all")}
@@ -114,12 +122,17 @@ def _trailing_kept(piece: str) -> bool:
 
 def ptb_tokens(text: str) -> list[str]:
     """The Java tokenizer's tokens of one line (not lowercased, punctuation kept)."""
+    text = ASTRAL.sub(" ", text)
     for char, replacement in UNICODE.items():
         text = text.replace(char, replacement)
     tokens: list[str] = []
     for chunk in text.split():
         if chunk.lower() in ("'n'",):
             tokens.append(chunk)
+            continue
+        url = URL.search(chunk)
+        if url is not None:
+            tokens += ptb_tokens(chunk[:url.start()]) + [url.group(0)] + ptb_tokens(chunk[url.end():])
             continue
         at_start = True
         for part in INTERNAL.split(chunk):

@@ -105,7 +105,7 @@ def captioning_task(encoder: Encoder, dataset: Any, options: dict[str, Any]) -> 
     count = max(0, int(options.get("caption_samples", 5) or 0))
     result = {
         "dataset": dataset.name, "model": encoder.source.name, "task": RESULT_TASK,
-        "metrics": scores["metrics"], "metrics_skipped": scores["metrics_skipped"],
+        "metrics": scores["metrics"], "metrics_skipped": scores["metrics_skipped"], "tokenizer": scores["tokenizer"],
         "num_images": len(records), "generation": asdict(config),
         "samples": [{"key": r.key, "caption": c, "references": list(r.captions)}
                     for r, c in list(zip(records, captions))[:count]],

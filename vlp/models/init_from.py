@@ -80,6 +80,10 @@ def _optional_state(model: nn.Module, source: InitSource, key: str) -> Dict[str,
     skipped = sorted({k.split(".")[1] for k in given if k.startswith("heads.") and k not in own})
     if skipped:
         log.info("%s: %s holds heads the model does not have (%s): not loaded", key, source.path, ", ".join(skipped))
+    unused = sorted(k for k in given if k.startswith("logit_head.") and k not in own)
+    if unused:  # e.g. a SigLIP source's logit_bias, for a model built without model.init_logit_bias
+        log.warning("%s: %s holds %s, which the model does not have (set model.init_logit_bias to build one): "
+                    "not loaded", key, source.path, ", ".join(unused))
     kept = sorted(k for k in own if k.startswith(OPTIONAL_PREFIXES) and k not in given)
     if kept:
         log.info("%s: %s has no %s: they keep their initial values", key, source.path, ", ".join(kept))

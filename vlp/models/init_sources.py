@@ -40,6 +40,9 @@ FORMATS = ("a run directory, checkpoint (.pt) or safetensors export of ours; an 
            "CLIPModel folder (config.json with model_type 'clip' and its weights)")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+HF_ACTS = ("gelu", "quick_gelu")
+"""transformers' hidden_act values open_clip's towers compute (nn.GELU, QuickGELU)."""
+HF_DEFAULT_ACT = "quick_gelu"
 QUICK_GELU_METADATA = "vlp_quick_gelu"
 """Metadata key of our safetensors exports recording the activation: 'true' (QuickGELU) or 'false'."""
 
@@ -65,13 +68,27 @@ def _torch_load(path: Path, key: str) -> Any:
                           "save a plain state dict (TorchScript archives are not read)") from err
 
 
-def _safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+def _safetensors(path: Path, key: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-    return load_file(str(path)), metadata
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
+    except Exception as err:  # SafetensorError (a truncated or empty file), OSError
+        raise ConfigError(f"{key}: {path} cannot be read as safetensors ({type(err).__name__}: {err}); "
+                          "the file may be truncated or not a safetensors file") from err
+
+
+def _read_json(path: Path, key: str) -> Dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{key}: {path} is not readable JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: {path} holds a JSON {type(raw).__name__}, not an object")
+    return raw
 
 
 def _config_activation(config_yaml: str, where: str) -> List[Declaration]:
@@ -89,11 +106,11 @@ def _config_activation(config_yaml: str, where: str) -> List[Declaration]:
     return [(None, where, quick)]
 
 
-def _sidecar_activation(folder: Path) -> List[Declaration]:
+def _sidecar_activation(folder: Path, key: str) -> List[Declaration]:
     sidecar = folder / "open_clip_config.json"
     if not sidecar.is_file():
         return []
-    model_cfg = json.loads(sidecar.read_text()).get("model_cfg", {})
+    model_cfg = _read_json(sidecar, key).get("model_cfg") or {}
     if "quick_gelu" not in model_cfg:
         return []
     return [(None, f"{sidecar} (model_cfg.quick_gelu)", bool(model_cfg["quick_gelu"]))]
@@ -111,9 +128,9 @@ def _state_of(ckpt: Any, path: Path, key: str) -> Dict[str, torch.Tensor]:
 
 def _read_file(path: Path, key: str) -> InitSource:
     if path.suffix == ".safetensors":
-        tensors, metadata = _safetensors(path)
+        tensors, metadata = _safetensors(path, key)
         if "vlp_config" not in metadata:
-            return InitSource(path, "open_clip_file", as_vlp_state(tensors), _sidecar_activation(path.parent))
+            return InitSource(path, "open_clip_file", as_vlp_state(tensors), _sidecar_activation(path.parent, key))
         if QUICK_GELU_METADATA in metadata:
             declared = [(None, f"its metadata {QUICK_GELU_METADATA}", metadata[QUICK_GELU_METADATA] == "true")]
         else:
@@ -125,26 +142,29 @@ def _read_file(path: Path, key: str) -> InitSource:
     if isinstance(ckpt, Mapping) and "config" in ckpt and "model" in ckpt:
         return InitSource(path, "vlp", _state_of(ckpt, path, key),
                           _config_activation(str(ckpt["config"]), "its config (model.quick_gelu)"))
-    return InitSource(path, "open_clip_file", _state_of(ckpt, path, key), _sidecar_activation(path.parent))
+    return InitSource(path, "open_clip_file", _state_of(ckpt, path, key), _sidecar_activation(path.parent, key))
 
 
 def _read_hf_clip(folder: Path, key: str) -> InitSource:
-    raw = json.loads((folder / "config.json").read_text())
+    raw = _read_json(folder / "config.json", key)
     found = [folder / name for name in HF_WEIGHTS if (folder / name).is_file()]
     if not found:
         raise ConfigError(f"{key}: {folder} is a transformers CLIP folder without weights ({', '.join(HF_WEIGHTS)}; "
                           "sharded weights are not read: save_pretrained with a larger max_shard_size)")
     weights = found[0]
-    state = _safetensors(weights)[0] if weights.suffix == ".safetensors" else _torch_load(weights, key)
+    state = _safetensors(weights, key)[0] if weights.suffix == ".safetensors" else _torch_load(weights, key)
     try:
         converted = open_clip_state_from_hf_clip(state)
     except ValueError as err:
         raise ConfigError(f"{key}: {weights}: {err}") from err
     declared: List[Declaration] = []
     for tower, section in (("text", "text_config"), ("image", "vision_config")):
-        act = raw.get(section, {}).get("hidden_act")
-        if act is not None:
-            declared.append((tower, f"config.json {section}.hidden_act={act!r}", act == "quick_gelu"))
+        # transformers' CLIPTextConfig / CLIPVisionConfig default: a config.json without it means QuickGELU
+        act = (raw.get(section) or {}).get("hidden_act", HF_DEFAULT_ACT)
+        if act not in HF_ACTS:
+            raise ConfigError(f"{key}: {folder / 'config.json'} {section}.hidden_act={act!r}: open_clip's towers "
+                              f"have only {' or '.join(map(repr, HF_ACTS))}")
+        declared.append((tower, f"config.json {section}.hidden_act={act!r}", act == "quick_gelu"))
     return InitSource(folder, "hf_clip", from_open_clip_state(converted), declared)
 
 
@@ -155,7 +175,7 @@ def _read_open_clip_dir(folder: Path, key: str) -> InitSource:
     if weights is None:
         raise ConfigError(f"{key}: {folder} holds open_clip_config.json but no weights (.safetensors/.bin/.pth)")
     source = _read_file(Path(weights), key)
-    return InitSource(folder, "open_clip_dir", source.state, _sidecar_activation(folder))
+    return InitSource(folder, "open_clip_dir", source.state, _sidecar_activation(folder, key))
 
 
 def read_init_source(path: str | Path, key: str) -> InitSource:
@@ -170,7 +190,7 @@ def read_init_source(path: str | Path, key: str) -> InitSource:
     if (path / "open_clip_config.json").is_file():
         return _read_open_clip_dir(path, key)
     config = path / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("model_type") == "clip":
+    if config.is_file() and _read_json(config, key).get("model_type") == "clip":
         return _read_hf_clip(path, key)
     checkpoint = latest_checkpoint(path)
     if checkpoint is not None:
