@@ -25,6 +25,17 @@ FULL_PRECISION_NAMES = ("fp32", "no", "False")
 """Spellings of train.precision meaning full precision: 'no' is accelerate's name for it."""
 
 
+def resume_choice(value: Any) -> str:
+    """``train.resume`` in one spelling: 'auto', 'false', or a path (YAML's true/false and their
+    string forms are accepted)."""
+    text = str(value).strip()
+    if value is True or text.lower() in ("auto", "true", "yes", "on", "1"):
+        return "auto"
+    if value is False or value is None or text.lower() in ("false", "no", "off", "0", "none", ""):
+        return "false"
+    return text
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -212,15 +223,29 @@ class TrainConfig:
     run_name: Optional[str] = None
     """Run directory name under output_dir; None makes one from the time."""
     precision: str = "fp32"
-    """Numeric precision: 'fp32' (full precision; 'no' is the same), 'bf16' or 'fp16' autocast (fp16 with a gradient scaler), on GPU or CPU."""
+    """Numeric precision: 'fp32' (full precision; 'no' is the same), 'bf16' or 'fp16' autocast (fp16 with a gradient scaler), on GPU or CPU, or 'pure_bf16' (weights, gradients and optimizer state in bfloat16, no autocast: half the memory, less exact)."""
+    accum_steps: int = 1
+    """Gradient caching (GradCache / BASIC): each step takes this many loader batches of batch_size, encodes them without a graph, computes the objective over all of them, then back-propagates each in turn: the update of a batch accum_steps times larger in the memory of one (global batch = batch_size x processes x accum_steps)."""
+    ema_decay: Optional[float] = None
+    """Keep an exponential moving average of the weights with this decay per step (e.g. 0.9999); it is checkpointed, evaluated at the end and exported. null: no EMA."""
+    compile: bool = False
+    """Run the model through torch.compile (needs a C++ compiler on CPU); the first steps are slower while it compiles."""
+    channels_last: bool = False
+    """Keep images and a convolutional image tower in channels-last memory format (faster convolutions on recent GPUs and CPUs; no effect on a ViT)."""
     log_every: int = 10
     """Steps between metric lines in metrics.jsonl."""
     checkpoint_every: int = 500
     """Steps between checkpoints (one is always written at the end)."""
+    checkpoint_minutes: Optional[float] = None
+    """Also checkpoint when this many minutes have passed since the last checkpoint (decided on rank 0 for all ranks); null: by steps only."""
     keep_checkpoints: int = 2
     """How many step checkpoints to keep (the final one is always kept)."""
-    resume: bool = True
-    """Continue from the newest checkpoint in the run directory if there is one."""
+    resume: Any = "auto"
+    """'auto': continue from the newest checkpoint in the run directory if there is one; a path (a checkpoint file or a run directory): continue from that checkpoint; 'false': start over (an old run in the directory is moved aside)."""
+    report_to: str = "tensorboard"
+    """Trackers through accelerate: 'tensorboard' (event files in the run directory's tensorboard/), 'wandb', both as 'tensorboard,wandb', or 'none'; metrics.jsonl is always written."""
+    plot: bool = True
+    """At the end, draw the loss curves and eval metrics against samples seen into training_curves.png in the run directory (needs matplotlib)."""
     threads: Optional[int] = None
     """torch intra-op threads on CPU; None keeps torch's default."""
 
@@ -230,8 +255,18 @@ class TrainConfig:
             _check(value > 0, f"train.{key}", f"must be > 0, got {value}")
         if self.precision in FULL_PRECISION_NAMES:
             self.precision = "fp32"  # one name for full precision ('False' is YAML 1.1's reading of `no`)
-        _check_choice(self.precision, "train.precision", ["fp32", "bf16", "fp16"])
+        _check_choice(self.precision, "train.precision", ["fp32", "bf16", "fp16", "pure_bf16"])
         _check(self.threads is None or self.threads > 0, "train.threads", "must be > 0 or null")
+        _check(self.accum_steps >= 1, "train.accum_steps", f"must be >= 1, got {self.accum_steps}")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay", "must be in (0, 1) or null")
+        _check(self.checkpoint_minutes is None or self.checkpoint_minutes > 0, "train.checkpoint_minutes",
+               "must be > 0 or null")
+        self.resume = resume_choice(self.resume)
+        self.report_to = ",".join(part.strip() for part in str(self.report_to).split(",") if part.strip()) or "none"
+        for part in self.report_to.split(","):
+            _check_choice(part, "train.report_to", ["tensorboard", "wandb", "none"])
+        _check("none" not in self.report_to.split(",") or self.report_to == "none", "train.report_to",
+               "'none' cannot be combined with a tracker")
 
 
 @dataclass
@@ -244,9 +279,14 @@ class EvalConfig:
     """Batch size for evaluation encoding."""
     cache: bool = True
     """Keep the end-of-training evaluation's embeddings in the eval cache ($VLP_CACHE_DIR or ~/.cache/vlp/eval)."""
+    every: int = 0
+    """Evaluate during training every this many steps on the built-in sets' every_tasks, logged as metrics (eval/<set>/<metric>); 0: only at the end."""
+    every_tasks: List[str] = field(default_factory=lambda: ["zeroshot", "retrieval"])
+    """The eval tasks (by registered name) the periodic evaluation runs on the built-in sets."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.every >= 0, "eval.every", f"must be >= 0 (0: off), got {self.every}")
 
 
 @dataclass

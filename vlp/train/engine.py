@@ -36,7 +36,8 @@ from vlp.models.heads import check_heads_with_terms
 from vlp.checkpoints import FINAL_NAME, prune_step_checkpoints, save_atomic
 from vlp.train.evaluation import INSTALLED, EvaluationChoice, resolve_evaluation
 from vlp.train.optim import build_optimizer, build_scheduler
-from vlp.train.precision import Precision, accelerate_precision
+from vlp.train.accelerator import full_model_state, full_optimizer_state, make_accelerator
+from vlp.train.precision import Precision
 from vlp.train.resume import load_states, previous_run, resume_epoch
 from vlp.train.run_dir import RunDir, claim_default_run_name
 
@@ -82,9 +83,11 @@ class TrainState:
 def _save(state: TrainState, path: Path) -> None:
     """An atomic checkpoint of everything a resume needs, written by rank 0; every rank waits."""
     accelerator = state.accelerator
+    model_state = full_model_state(accelerator, state.model)  # collective: a sharded model gathers here
+    optimizer_state = full_optimizer_state(accelerator, state.model, state.optimizer)
     if accelerator.is_main_process:
-        checkpoint = {"model": accelerator.unwrap_model(state.model).state_dict(),
-                      "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+        checkpoint = {"model": model_state,
+                      "optimizer": optimizer_state, "scheduler": state.scheduler.state_dict(),
                       "grad_scaler": state.precision.state_dict(), "step": state.step,
                       "config": config_to_yaml(state.cfg), "samples_seen": state.samples_seen,
                       "world_size": accelerator.num_processes}
@@ -128,7 +131,7 @@ def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, resumed
             print(f"metrics.jsonl lines after step {start_step} (trained again now) moved to metrics.superseded.jsonl")
         aside = run.set_aside() if not resumed else None
         if aside is not None:
-            print(f"{run.root} held a run that is not resumed here (train.resume={str(cfg.train.resume).lower()} "
+            print(f"{run.root} held a run that is not resumed here (train.resume={cfg.train.resume} "
                   f"or no checkpoint yet); its files were moved to {aside}")
         run.create()
         run.save_config(cfg)
@@ -143,9 +146,7 @@ def _start(cfg: Config, recipe: Optional[str]) -> TrainState | Path:
     check_heads_with_terms(cfg.model.heads, cfg.loss.terms)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    on_cpu = not torch.cuda.is_available()
-    # cpu=True is what makes accelerate use gloo (MULTI_CPU) under torchrun when there is no GPU
-    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.train.precision, on_cpu), cpu=on_cpu)
+    accelerator = make_accelerator(cfg)
     precision = Precision(accelerator, cfg.train.precision)
     _warn_about_setup(cfg, accelerator)
     set_seed(cfg.train.seed)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vlp.checkpoints import newest_for_resume
+from vlp.checkpoints import load_checkpoint, newest_for_resume
 from vlp.config import Config, ConfigError, config_from_yaml
 from vlp.models.open_clip_layout import OLD_PREFIX, as_vlp_state, open_clip_model
 from vlp.train.run_dir import RunDir
@@ -24,12 +24,13 @@ log = logging.getLogger(__name__)
 
 RESUMABLE_KEYS = (
     "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.resume",
-    "train.threads", "train.run_name", "train.output_dir", "data.workers", "data.skip_log_interval_s", "eval.",
+    "train.threads", "train.run_name", "train.output_dir", "train.checkpoint_minutes", "train.report_to", "train.plot",
+    "train.compile", "train.channels_last", "data.workers", "data.skip_log_interval_s", "eval.",
     "model.init_from", "model.init_image_from", "model.init_text_from", "model.pretrained", "model.grad_checkpointing",
 )
 """Keys (or prefixes ending in '.') that a resumed run may change: length, logging, evaluation, loader speed,
-where the first weights came from (a resume loads its own checkpoint) and gradient checkpointing
-(the same gradients, less memory)."""
+where the first weights came from (a resume loads its own checkpoint), gradient checkpointing
+(the same gradients, less memory), compilation and memory format (the same model, run faster)."""
 
 WAYS_OUT = "choose a new train.run_name, or train.resume=false to start this run over (its old files are kept aside)"
 
@@ -123,8 +124,10 @@ def resume_epoch(samples_seen: int, samples_per_epoch: Optional[int], resampled:
 def previous_run(run: RunDir, cfg: Config, world: int) -> Optional[Tuple[Path, Dict[str, Any]]]:
     """The checkpoint to continue from, as (path, state), once every check passed; None to start anew.
     Reads only: a refused resume leaves the run directory exactly as it was."""
-    if not cfg.train.resume:
+    if cfg.train.resume == "false":
         return None
+    if cfg.train.resume != "auto":
+        return _named_checkpoint(Path(cfg.train.resume), run, cfg, world)
     newest = newest_for_resume(run.checkpoints)
     if newest is not None:
         path, state = newest
@@ -134,6 +137,24 @@ def previous_run(run: RunDir, cfg: Config, world: int) -> Optional[Tuple[Path, D
     if run.config_path.is_file():  # a run that stopped before its first checkpoint
         check_resumable(run.root, run.config_path.read_text(), cfg, None, world)
     return None
+
+
+def _named_checkpoint(path: Path, run: RunDir, cfg: Config, world: int) -> Tuple[Path, Dict[str, Any]]:
+    """``train.resume=PATH``: that checkpoint file, or the newest of that run directory, once it passes the checks."""
+    if path.is_dir():
+        found = newest_for_resume(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
+        if found is None:
+            raise ResumeError(f"train.resume={path}: no checkpoint there to resume from")
+    elif path.is_file():
+        try:
+            found = (path, load_checkpoint(path))
+        except Exception as err:  # a truncated or foreign file: say which
+            raise ResumeError(f"train.resume={path}: cannot read it as a checkpoint ({type(err).__name__}: {err})") from None
+    else:
+        raise ResumeError(f"train.resume={path}: no such file or directory (use 'auto', 'false' or a checkpoint path)")
+    check_resumable(path, str(found[1].get("config", "")), cfg, saved_world_size(found[1]), world)
+    check_target(path, int(found[1]["step"]), cfg.train.steps)
+    return found
 
 
 def reorder_optimizer_state(saved: Mapping[str, Any], optimizer: Any, saved_order: Sequence[Any]) -> Dict[str, Any]:
