@@ -15,28 +15,31 @@ counted; too many in a row stop the run with the last good checkpoint intact.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm import tqdm
 
-from vlp.config import Config, config_to_yaml
+from vlp.config import Config
 from vlp.data.pipeline import epoch_samples, loader_from_config, train_sources
 from vlp.data.skips import SkipReport
 from vlp.data.transforms import normalize_on_device, train_transform
 from vlp.losses.registry import compute_objective
 from vlp.models.factory import build_model, count_parameters, model_tokenizer
 from vlp.models.heads import check_heads_with_terms
-from vlp.checkpoints import FINAL_NAME, prune_step_checkpoints, save_atomic
+from vlp.checkpoints import FINAL_NAME, prune_step_checkpoints
 from vlp.train.evaluation import INSTALLED, EvaluationChoice, resolve_evaluation
 from vlp.train.optim import build_optimizer, build_scheduler
-from vlp.train.accelerator import full_model_state, full_optimizer_state, make_accelerator
+from vlp.train.accelerator import make_accelerator
+from vlp.train.checkpointing import counters_of, rank_entry, restore_rng_of_rank, save_training_state
+from vlp.train.ema import WeightAverage
 from vlp.train.precision import Precision
 from vlp.train.resume import load_states, previous_run, resume_epoch
 from vlp.train.run_dir import RunDir, claim_default_run_name
@@ -74,25 +77,15 @@ class TrainState:
     window_start: float = field(default_factory=time.perf_counter)
     window_samples: int = 0
     head_metrics: Dict[str, float] = field(default_factory=dict)  # the heads' step_metrics for the next log line
+    ema: Optional[WeightAverage] = None
+    position: Any = None  # vlp.data.position.LoaderPosition: the batches consumed, for exact resume
+    resumed_from: Optional[Dict[str, Any]] = None  # the checkpoint state of a resumed run (its RNGs restored at the loop's start)
+    last_checkpoint_time: float = field(default_factory=time.monotonic)
 
     @property
     def global_batch(self) -> int:
-        return self.cfg.train.batch_size * self.accelerator.num_processes
-
-
-def _save(state: TrainState, path: Path) -> None:
-    """An atomic checkpoint of everything a resume needs, written by rank 0; every rank waits."""
-    accelerator = state.accelerator
-    model_state = full_model_state(accelerator, state.model)  # collective: a sharded model gathers here
-    optimizer_state = full_optimizer_state(accelerator, state.model, state.optimizer)
-    if accelerator.is_main_process:
-        checkpoint = {"model": model_state,
-                      "optimizer": optimizer_state, "scheduler": state.scheduler.state_dict(),
-                      "grad_scaler": state.precision.state_dict(), "step": state.step,
-                      "config": config_to_yaml(state.cfg), "samples_seen": state.samples_seen,
-                      "world_size": accelerator.num_processes}
-        save_atomic(checkpoint, path)
-    accelerator.wait_for_everyone()
+        """Samples per optimizer step over all processes and gradient-cached micro-batches."""
+        return self.cfg.train.batch_size * self.accelerator.num_processes * self.cfg.train.accum_steps
 
 
 def _run_name(accelerator: Accelerator, cfg: Config, recipe: Optional[str]) -> str:
@@ -152,66 +145,112 @@ def _start(cfg: Config, recipe: Optional[str]) -> TrainState | Path:
     set_seed(cfg.train.seed)
     run = RunDir.at(cfg, _run_name(accelerator, cfg, recipe))
     resume = previous_run(run, cfg, accelerator.num_processes)  # every check passes before anything is written
-    model = build_model(cfg.model, resuming=resume is not None)  # a resume reads no init file: its checkpoint has the weights
+    model = precision.place_model(build_model(cfg.model, resuming=resume is not None))  # a resume reads no init file
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     tokenizer = model_tokenizer(cfg.model, model)
     transform = train_transform(model.image_size, cfg.data.resize_scale, cfg.data.color_jitter)
     samples_per_epoch = cfg.data.num_samples or epoch_samples(train_sources(cfg.data))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.optim)
+    ema = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
 
-    step, samples_seen, start_epoch = 0, 0, 0
+    step, samples_seen, start_epoch, position, saved = 0, 0, 0, None, None
     if resume is not None:
-        resume_from, state = resume
-        load_states(resume_from, state, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=precision)
-        step = int(state["step"])
-        samples_seen = int(state.get("samples_seen", step * cfg.train.batch_size * accelerator.num_processes))
-        start_epoch = resume_epoch(samples_seen, samples_per_epoch, cfg.data.resampled)
+        resume_from, saved = resume
+        load_states(resume_from, saved, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=precision,
+                    ema=ema)
+        step = int(saved["step"])
+        samples_seen = int(saved.get("samples_seen", step * cfg.train.batch_size * accelerator.num_processes))
+        position = rank_entry(saved, "data_position", accelerator.process_index)
+        start_epoch = 0 if position is not None else resume_epoch(samples_seen, samples_per_epoch, cfg.data.resampled)
         if step == cfg.train.steps:
             accelerator.print(f"{resume_from} is at step {step} = train.steps: nothing to train "
                               f"(raise train.steps to continue the run)")
             return run.root
     loader = loader_from_config(cfg.data, cfg.train.batch_size, transform, tokenizer, seed=cfg.train.seed,
                                 rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                start_epoch=start_epoch)
+                                start_epoch=start_epoch, **({"position": position} if position is not None else {}))
     _prepare_run_dir(accelerator, run, cfg, resume is not None, step)
     if resume is not None:
-        accelerator.print(f"resumed from {resume[0]} at step {step}; data from epoch {start_epoch} "
-                          f"({samples_seen} samples seen)")
+        where = "mid-epoch, at the saved loader position" if position is not None else f"from epoch {start_epoch}"
+        accelerator.print(f"resumed from {resume[0]} at step {step}; data {where} ({samples_seen} samples seen)")
     model, optimizer = accelerator.prepare(model, optimizer)
-    return TrainState(cfg, accelerator, precision, model, accelerator.unwrap_model(model), optimizer, scheduler,
-                      transform, loader, run, samples_per_epoch, step=step, samples_seen=samples_seen,
-                      skipped=SkipReport(cfg.data.skip_log_interval_s))
+    unwrapped = accelerator.unwrap_model(model)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    state = TrainState(cfg, accelerator, precision, model, unwrapped, optimizer, scheduler,
+                       transform, loader, run, samples_per_epoch, step=step, samples_seen=samples_seen,
+                       skipped=SkipReport(cfg.data.skip_log_interval_s), ema=ema, resumed_from=saved)
+    if saved is not None:
+        state.nonfinite_total, state.scaler_skipped = counters_of(saved).values()
+    return state
 
 
-def _step(state: TrainState, batch: Dict[str, Any]) -> Optional[Dict[str, torch.Tensor]]:
-    """One optimizer update on ``batch``; its losses, or None when the loss was not finite on some
-    rank and the batch was skipped everywhere."""
-    state.samples_seen += state.global_batch  # consumed, whether or not the step is kept
-    state.skipped.update(batch["skipped"])
+def _model_inputs(state: TrainState, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The model's inputs of one loader batch on the device, images normalised there (in the weights'
+    dtype under pure bf16, channels-last when asked)."""
     device = state.accelerator.device
     inputs = {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
     for k in IMAGE_INPUTS:
         if k in inputs:
-            inputs[k] = normalize_on_device(inputs[k], state.transform.mean, state.transform.std)
-    with state.precision.autocast():
-        outputs = state.model(**inputs)
-        losses = compute_objective(outputs, state.cfg.loss.terms)
-    if _any_rank(state.accelerator, not torch.isfinite(losses["total"]).item()):
-        state.nonfinite_total += 1
-        state.nonfinite_in_a_row += 1
+            image = normalize_on_device(inputs[k], state.transform.mean, state.transform.std)
+            image = image.to(state.precision.input_dtype)
+            inputs[k] = image.contiguous(memory_format=torch.channels_last) if state.cfg.train.channels_last else image
+    return inputs
+
+
+def _forward_backward(state: TrainState, micro: List[Dict[str, torch.Tensor]]) -> tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """(losses, outputs) of one step's batch, its gradients accumulated: one forward and backward,
+    or gradient caching over ``train.accum_steps`` micro-batches (vlp/train/grad_cache.py)."""
+    objective = functools.partial(compute_objective, terms=state.cfg.loss.terms)
+    if len(micro) == 1:
+        with state.precision.autocast():
+            outputs = state.model(**micro[0])
+            losses = objective(outputs)
+        if _finite_everywhere(state, losses["total"]):
+            state.precision.backward(losses["total"])
+        return losses, outputs
+    from vlp.train.grad_cache import cached_backward
+
+    return cached_backward(state.model, micro, objective, autocast=state.precision.autocast,
+                           scale_loss=state.precision.scale_loss, no_sync=lambda: state.accelerator.no_sync(state.model),
+                           keep_going=lambda losses: _finite_everywhere(state, losses["total"]))
+
+
+def _finite_everywhere(state: TrainState, total: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank; counts and skips the step when not (everywhere alike)."""
+    if not _any_rank(state.accelerator, not torch.isfinite(total).item()):
+        state.nonfinite_in_a_row = 0
+        return True
+    state.nonfinite_total += 1
+    state.nonfinite_in_a_row += 1
+    if state.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+        raise NonFiniteLossError(f"loss was not finite for {state.nonfinite_in_a_row} steps in a row at step "
+                                 f"{state.step}; the last checkpoint in {state.run_dir.checkpoints} is intact. "
+                                 "Lower optim.lr or check the data.")
+    return False
+
+
+def _step(state: TrainState, batches: List[Dict[str, Any]]) -> Optional[Dict[str, torch.Tensor]]:
+    """One optimizer update on ``batches`` (``train.accum_steps`` loader batches); its losses, or None
+    when the loss was not finite on some rank and the step was skipped everywhere."""
+    state.samples_seen += state.global_batch  # consumed, whether or not the step is kept
+    for batch in batches:
+        state.skipped.update(batch["skipped"])
+        if state.position is not None:
+            state.position.observe(batch)
+    losses, outputs = _forward_backward(state, [_model_inputs(state, b) for b in batches])
+    if state.nonfinite_in_a_row:  # this step's loss was not finite somewhere: no update
         state.optimizer.zero_grad(set_to_none=True)
-        if state.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-            raise NonFiniteLossError(f"loss was not finite for {state.nonfinite_in_a_row} steps in a row at step "
-                                     f"{state.step}; the last checkpoint in {state.run_dir.checkpoints} is intact. "
-                                     "Lower optim.lr or check the data.")
         return None
-    state.nonfinite_in_a_row = 0
-    state.precision.backward(losses["total"])
     stepped = state.precision.step(state.optimizer, state.model.parameters(), state.cfg.optim.grad_clip_norm)
     state.scaler_skipped += not stepped
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.unwrapped.clamp_logit_scale()
+    if state.ema is not None:
+        state.ema.update(state.unwrapped)
     state.window_samples += state.global_batch
     state.step += 1
     _run_head_hooks(state, outputs)
@@ -255,23 +294,41 @@ def _log(state: TrainState, losses: Dict[str, torch.Tensor], progress: tqdm) -> 
     state.window_start, state.window_samples = time.perf_counter(), 0
 
 
+def _checkpoint_due(state: TrainState) -> bool:
+    """Every ``checkpoint_every`` steps, or when ``checkpoint_minutes`` have passed (rank 0's clock decides for all)."""
+    cfg = state.cfg.train
+    if state.step >= cfg.steps:
+        return False  # the final checkpoint follows
+    if state.step % cfg.checkpoint_every == 0:
+        return True
+    if cfg.checkpoint_minutes is None:
+        return False
+    late = state.accelerator.is_main_process and time.monotonic() - state.last_checkpoint_time >= 60 * cfg.checkpoint_minutes
+    return _any_rank(state.accelerator, late)
+
+
 def _loop(state: TrainState) -> None:
-    """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``checkpoint_every``."""
+    """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``checkpoint_every``
+    (and ``checkpoint_minutes``)."""
     cfg = state.cfg
     progress = tqdm(total=cfg.train.steps, initial=state.step, disable=not state.accelerator.is_main_process,
                     desc="train", unit="step", dynamic_ncols=True)
     batches = iter(state.loader)
+    if state.resumed_from is not None:  # after the loader's workers drew their seeds: the generators continue as saved
+        restore_rng_of_rank(state.resumed_from, state.accelerator.process_index)
+        state.resumed_from = None
     state.window_start, state.window_samples = time.perf_counter(), 0
     state.model.train()
     while state.step < cfg.train.steps:  # state.step: optimizer updates done; a skipped batch does not count
-        losses = _step(state, next(batches))
+        losses = _step(state, [next(batches) for _ in range(cfg.train.accum_steps)])
         if losses is None:
             continue
         progress.update(1)
         if _log_due(state):
             _log(state, losses, progress)
-        if state.step % cfg.train.checkpoint_every == 0 and state.step < cfg.train.steps:
-            _save(state, state.run_dir.checkpoints / f"step-{state.step:08d}.pt")
+        if _checkpoint_due(state):
+            save_training_state(state, state.run_dir.checkpoints / f"step-{state.step:08d}.pt")
+            state.last_checkpoint_time = time.monotonic()
             if state.accelerator.is_main_process:
                 prune_step_checkpoints(state.run_dir.checkpoints, cfg.train.keep_checkpoints)
     progress.close()
@@ -280,7 +337,7 @@ def _loop(state: TrainState) -> None:
 def _finish(state: TrainState, evaluate: EvaluationChoice) -> None:
     """The final checkpoint, the run summary, then the end-of-training evaluation on every rank."""
     all_skipped = _sum_over_ranks(state.skipped.totals)
-    _save(state, state.run_dir.checkpoints / FINAL_NAME)
+    save_training_state(state, state.run_dir.checkpoints / FINAL_NAME)
     if state.accelerator.is_main_process:
         state.run_dir.save_json("train_summary.json", {
             "steps": state.step, "global_batch": state.global_batch, "world_size": state.accelerator.num_processes,
@@ -288,7 +345,8 @@ def _finish(state: TrainState, evaluate: EvaluationChoice) -> None:
             "nonfinite_steps": state.nonfinite_total, "scaler_skipped_steps": state.scaler_skipped})
     evaluate = resolve_evaluation(evaluate) if state.cfg.eval.at_end else None
     if evaluate is not None:
-        evaluate(state.unwrapped, state.cfg, state.run_dir.root)
+        # the weight average is the model of record when the run keeps one (it is also what export writes)
+        evaluate(state.ema.module if state.ema is not None else state.unwrapped, state.cfg, state.run_dir.root)
     state.accelerator.wait_for_everyone()
 
 

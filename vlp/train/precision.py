@@ -3,6 +3,8 @@
 Accelerate runs bf16 autocast on CPU and GPU and fp16 autocast with a gradient scaler on GPU; for
 fp16 on a CPU it would silently stay in fp32. There this class runs float16 autocast and a
 ``torch.amp.GradScaler('cpu')`` itself, so ``train.precision`` always means what it says.
+``pure_bf16`` keeps the weights themselves (so their gradients and AdamW's moments) in bfloat16
+and runs without autocast; the loss terms still compute in float32 (vlp/losses/registry.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from accelerate import Accelerator
 
 def accelerate_precision(precision: str, on_cpu: bool) -> str:
     """The ``mixed_precision`` to give Accelerate for ``train.precision`` (fp16 on CPU is ours to run)."""
-    if precision == "fp32" or (precision == "fp16" and on_cpu):
+    if precision in ("fp32", "pure_bf16") or (precision == "fp16" and on_cpu):
         return "no"
     return precision
 
@@ -29,6 +31,20 @@ class Precision:
         self.name = precision
         own_fp16 = precision == "fp16" and accelerator.device.type == "cpu"
         self.own_scaler = torch.amp.GradScaler("cpu") if own_fp16 else None
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype images enter the model in: the weights' own under pure bf16, float32 otherwise."""
+        return torch.bfloat16 if self.name == "pure_bf16" else torch.float32
+
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` in the weight dtype of this precision (bfloat16 for pure_bf16, as built otherwise)."""
+        return model.to(torch.bfloat16) if self.name == "pure_bf16" else model
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss as the backward pass sees it: multiplied by the gradient scaler's scale under fp16."""
+        scaler = self.scaler
+        return scaler.scale(loss) if scaler is not None else loss
 
     @property
     def scaler(self) -> Optional[torch.amp.GradScaler]:
