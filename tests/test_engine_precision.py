@@ -100,3 +100,18 @@ def test_compiled_model_trains_like_the_eager_one(shapes_dir, tmp_path):
                             evaluate=None)
     assert _losses(compiled) == pytest.approx(_losses(eager), abs=1e-4)
     assert not any(k.startswith("_orig_mod") for k in load_checkpoint(compiled / "checkpoints/final.pt")["model"])
+
+
+def test_loading_a_run_with_an_average_takes_it_unless_raw_is_asked(shapes_dir, tmp_path):
+    from vlp.interop.vlp_files import load_model_and_config
+
+    run = engine.train(_cfg(shapes_dir, tmp_path, "train.steps=2", "train.run_name=avg", "train.ema_decay=0.5"),
+                       evaluate=None)
+    ckpt = load_checkpoint(run / "checkpoints/final.pt")
+    name = "image_tower.visual.conv1.weight"
+    for weights, entry in (("auto", "ema"), ("ema", "ema"), ("raw", "model")):
+        model, _, _ = load_model_and_config(run, weights=weights)
+        assert torch.equal(model.state_dict()[name], ckpt[entry][name]), weights
+    plain = engine.train(_cfg(shapes_dir, tmp_path, "train.steps=1", "train.run_name=noavg"), evaluate=None)
+    with pytest.raises(ValueError, match="no weight average"):
+        load_model_and_config(plain, weights="ema")

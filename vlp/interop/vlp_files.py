@@ -26,9 +26,13 @@ def model_from_state(cfg: Config, state: Mapping[str, torch.Tensor]) -> DualEnco
     return model.eval()
 
 
-def load_model_and_config(path: str | Path) -> Tuple[DualEncoder, Config, Path]:
+def load_model_and_config(path: str | Path, weights: str = "auto") -> Tuple[DualEncoder, Config, Path]:
     """(model on CPU in eval mode, its resolved config, the checkpoint file) from a run directory
-    (its final or newest checkpoint) or one checkpoint file of ours."""
+    (its final or newest checkpoint) or one checkpoint file of ours. ``weights``: 'auto' takes the
+    weight average (``train.ema_decay``) when the checkpoint holds one, else the trained weights;
+    'ema' requires the average; 'raw' takes the trained weights."""
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be auto, ema or raw, got {weights!r}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
@@ -39,7 +43,11 @@ def load_model_and_config(path: str | Path) -> Tuple[DualEncoder, Config, Path]:
     if "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{ckpt_path} is not a vlp checkpoint (no config/model entries)")
     cfg = config_from_yaml(ckpt["config"])
-    return model_from_state(cfg, ckpt["model"]), cfg, ckpt_path
+    average = ckpt.get("ema")
+    if weights == "ema" and average is None:
+        raise ValueError(f"{ckpt_path} holds no weight average (the run had no train.ema_decay); use the raw weights")
+    use_average = average is not None and weights != "raw"
+    return model_from_state(cfg, average if use_average else ckpt["model"]), cfg, ckpt_path
 
 
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
