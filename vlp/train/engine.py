@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm import tqdm
 
 from vlp.config import Config
@@ -43,6 +41,8 @@ from vlp.train.ema import WeightAverage
 from vlp.train.precision import Precision
 from vlp.train.resume import load_states, previous_run, resume_epoch
 from vlp.train.run_dir import RunDir, claim_default_run_name
+from vlp.train.state import TrainState
+from vlp.train.step_log import any_rank, log_due, log_step, run_head_hooks, sum_over_ranks
 
 MAX_NONFINITE_IN_A_ROW = 20
 MODEL_INPUTS = ("image", "text", "neg_text", "image_aug", "text_aug")  # batch keys the model takes
@@ -51,41 +51,6 @@ IMAGE_INPUTS = ("image", "image_aug")  # uint8 pixels from the loader, normalise
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-@dataclass
-class TrainState:
-    """Everything one training run holds between its steps."""
-
-    cfg: Config
-    accelerator: Accelerator
-    precision: Precision
-    model: Any
-    unwrapped: Any
-    optimizer: Any
-    scheduler: Any
-    transform: Any
-    loader: Any
-    run_dir: RunDir
-    samples_per_epoch: int
-    step: int = 0
-    samples_seen: int = 0
-    skipped: SkipReport = field(default_factory=lambda: SkipReport(0))
-    nonfinite_total: int = 0
-    nonfinite_in_a_row: int = 0
-    scaler_skipped: int = 0
-    window_start: float = field(default_factory=time.perf_counter)
-    window_samples: int = 0
-    head_metrics: Dict[str, float] = field(default_factory=dict)  # the heads' step_metrics for the next log line
-    ema: Optional[WeightAverage] = None
-    position: Any = None  # vlp.data.position.LoaderPosition: the batches consumed, for exact resume
-    resumed_from: Optional[Dict[str, Any]] = None  # the checkpoint state of a resumed run (its RNGs restored at the loop's start)
-    last_checkpoint_time: float = field(default_factory=time.monotonic)
-
-    @property
-    def global_batch(self) -> int:
-        """Samples per optimizer step over all processes and gradient-cached micro-batches."""
-        return self.cfg.train.batch_size * self.accelerator.num_processes * self.cfg.train.accum_steps
 
 
 def _run_name(accelerator: Accelerator, cfg: Config, recipe: Optional[str]) -> str:
@@ -104,16 +69,8 @@ def _warn_about_setup(cfg: Config, accelerator: Accelerator) -> None:
                           f"{cfg.train.steps}: the learning rate never reaches its peak optim.lr={cfg.optim.lr}")
 
 
-def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
-def _sum_over_ranks(counts: Counter[str]) -> Dict[str, int]:
-    total: Counter[str] = Counter()
-    for part in gather_object([dict(counts)]):
-        total.update(part)
-    return dict(total)
 
 
 def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, resumed: bool, start_step: int) -> None:
@@ -220,7 +177,7 @@ def _forward_backward(state: TrainState, micro: List[Dict[str, torch.Tensor]]) -
 
 def _finite_everywhere(state: TrainState, total: torch.Tensor) -> bool:
     """Whether the loss is finite on every rank; counts and skips the step when not (everywhere alike)."""
-    if not _any_rank(state.accelerator, not torch.isfinite(total).item()):
+    if not any_rank(state.accelerator, not torch.isfinite(total).item()):
         state.nonfinite_in_a_row = 0
         return True
     state.nonfinite_total += 1
@@ -253,45 +210,14 @@ def _step(state: TrainState, batches: List[Dict[str, Any]]) -> Optional[Dict[str
         state.ema.update(state.unwrapped)
     state.window_samples += state.global_batch
     state.step += 1
-    _run_head_hooks(state, outputs)
+    run_head_hooks(state, outputs)
     return losses
 
 
-def _log_due(state: TrainState) -> bool:
-    return state.step % state.cfg.train.log_every == 0 or state.step == state.cfg.train.steps
 
 
-def _run_head_hooks(state: TrainState, outputs: Dict[str, torch.Tensor]) -> None:
-    """After an optimizer update, on every rank: at a log step each head's ``step_metrics`` of
-    this step's outputs (kept for the log line as ``head/<name>/<key>``), then each head's ``after_step``."""
-    heads = getattr(state.unwrapped, "heads", {})
-    if _log_due(state):
-        state.head_metrics = {f"head/{name}/{key}": value.item() if isinstance(value, torch.Tensor) else value
-                              for name, head in heads.items() for key, value in head.step_metrics(outputs).items()}
-    for head in heads.values():
-        head.after_step()
 
 
-def _log(state: TrainState, losses: Dict[str, torch.Tensor], progress: tqdm) -> None:
-    """One metrics.jsonl line: mean losses over ranks, throughput since the last line, counters."""
-    elapsed = time.perf_counter() - state.window_start
-    mean_losses = {k: state.accelerator.reduce(v.detach().float(), reduction="mean").item() for k, v in losses.items()}
-    record: Dict[str, Any] = {
-        "step": state.step, "lr": state.scheduler.get_last_lr()[0],
-        "logit_scale": state.unwrapped.logit_head.scale().detach().item(),
-        "samples_per_s": state.window_samples / max(elapsed, 1e-9),
-        **{f"loss/{k}": v for k, v in mean_losses.items()},
-        "skipped_samples": _sum_over_ranks(state.skipped.totals), "nonfinite_steps": state.nonfinite_total,
-        **({"scaler_skipped_steps": state.scaler_skipped} if state.precision.scaler is not None else {}),
-        **state.head_metrics,
-    }
-    state.head_metrics = {}
-    if state.samples_per_epoch:
-        record["epoch"] = state.step * state.global_batch / state.samples_per_epoch
-    progress.set_postfix(loss=f"{mean_losses['total']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
-    if state.accelerator.is_main_process:
-        state.run_dir.log_metrics(record)
-    state.window_start, state.window_samples = time.perf_counter(), 0
 
 
 def _checkpoint_due(state: TrainState) -> bool:
@@ -304,7 +230,7 @@ def _checkpoint_due(state: TrainState) -> bool:
     if cfg.checkpoint_minutes is None:
         return False
     late = state.accelerator.is_main_process and time.monotonic() - state.last_checkpoint_time >= 60 * cfg.checkpoint_minutes
-    return _any_rank(state.accelerator, late)
+    return any_rank(state.accelerator, late)
 
 
 def _loop(state: TrainState) -> None:
@@ -324,8 +250,8 @@ def _loop(state: TrainState) -> None:
         if losses is None:
             continue
         progress.update(1)
-        if _log_due(state):
-            _log(state, losses, progress)
+        if log_due(state):
+            log_step(state, losses, progress)
         if _checkpoint_due(state):
             save_training_state(state, state.run_dir.checkpoints / f"step-{state.step:08d}.pt")
             state.last_checkpoint_time = time.monotonic()
@@ -336,7 +262,7 @@ def _loop(state: TrainState) -> None:
 
 def _finish(state: TrainState, evaluate: EvaluationChoice) -> None:
     """The final checkpoint, the run summary, then the end-of-training evaluation on every rank."""
-    all_skipped = _sum_over_ranks(state.skipped.totals)
+    all_skipped = sum_over_ranks(state.skipped.totals)
     save_training_state(state, state.run_dir.checkpoints / FINAL_NAME)
     if state.accelerator.is_main_process:
         state.run_dir.save_json("train_summary.json", {
