@@ -211,3 +211,22 @@ def test_training_with_the_prototype_term_logs_loss_and_usage(shapes_dir, tmp_pa
     final = torch.load(run / "checkpoints" / "final.pt", weights_only=True)["model"]
     assert int(final["heads.prototypes.kmeans_episodes"]) == 2  # 8 pairs a step: episodes end at steps 2 and 4
     torch.testing.assert_close(final["heads.prototypes.prototypes.image"].norm(dim=1), torch.ones(8))
+
+
+def test_a_partly_filled_episode_survives_a_resume_and_completes_to_the_same_prototypes():
+    image, text = (t.float() for t in clustered_pairs(per_cluster=6)[:2])
+    whole, parted = (make_head(8, num_prototypes=4, kmeans_episode=24) for _ in range(2))
+    parted.load_state_dict(whole.state_dict())
+    for head in (whole, parted):
+        head.episode.add(image[:10], text[:10])
+    saved = parted.rank_state()
+    assert torch.equal(saved["image"], image[:10]) and parted.episode.count == 10  # reading it keeps the episode
+    resumed = make_head(8, num_prototypes=4, kmeans_episode=24)
+    resumed.load_state_dict(parted.state_dict())
+    resumed.load_rank_state(saved)
+    for head in (whole, resumed):
+        head.episode.add(image[10:], text[10:])
+        head.after_step()
+    assert int(resumed.kmeans_episodes) == int(whole.kmeans_episodes) == 1
+    assert torch.equal(resumed.prototypes["image"], whole.prototypes["image"])
+    assert make_head(8, num_prototypes=4, kmeans_episode=24).rank_state() is None

@@ -2,8 +2,9 @@
 
 A checkpoint holds the model, optimizer, scheduler, gradient scaler and weight average (EMA), the
 step and samples seen, the resolved config and world size, and per rank its random generators
-(``vlp.train.rng_state``) and its loader position (``vlp.data.position``: which shards each
-reader finished, how far into the current one, its shuffle buffer), so a resumed run continues
+(``vlp.train.rng_state``) its loader position (``vlp.data.position``: which shards each
+reader finished, how far into the current one, its shuffle buffer) and its heads' states (e.g. a
+partly filled k-means episode), so a resumed run continues
 mid-epoch with the very batches and random draws the interrupted run would have had. Writing is
 collective (a sharded model gathers its state on every rank); rank 0 writes atomically.
 """
@@ -33,12 +34,13 @@ def save_training_state(state: Any, path: Path) -> None:
     optimizer_state = full_optimizer_state(accelerator, state.model, state.optimizer)
     rng = per_rank(accelerator, capture_rng())
     data = per_rank(accelerator, state.position.state_dict() if state.position is not None else None)
+    heads = per_rank(accelerator, {name: head.rank_state() for name, head in getattr(state.unwrapped, "heads", {}).items()})
     if accelerator.is_main_process:
         save_atomic({
             "model": model_state, "optimizer": optimizer_state, "scheduler": state.scheduler.state_dict(),
             "grad_scaler": state.precision.state_dict(), "ema": state.ema.state_dict() if state.ema else None,
             "step": state.step, "samples_seen": state.samples_seen, "config": config_to_yaml(state.cfg),
-            "world_size": accelerator.num_processes, "rng": rng, "data_position": data,
+            "world_size": accelerator.num_processes, "rng": rng, "data_position": data, "head_states": heads,
             "nonfinite_steps": state.nonfinite_total, "scaler_skipped_steps": state.scaler_skipped,
         }, path)
     accelerator.wait_for_everyone()
@@ -57,6 +59,13 @@ def restore_rng_of_rank(saved: Mapping[str, Any], rank: int) -> bool:
         return False
     restore_rng(entry)
     return True
+
+
+def restore_head_states(saved: Mapping[str, Any], model: Any, rank: int) -> None:
+    """Each head's per-rank training state (e.g. a partly filled k-means episode) of this rank."""
+    entry = rank_entry(saved, "head_states", rank) or {}
+    for name, head in getattr(model, "heads", {}).items():
+        head.load_rank_state(entry.get(name))
 
 
 def counters_of(saved: Mapping[str, Any]) -> Dict[str, int]:

@@ -36,7 +36,8 @@ from vlp.checkpoints import FINAL_NAME, prune_step_checkpoints
 from vlp.train.evaluation import INSTALLED, EvaluationChoice, resolve_evaluation
 from vlp.train.optim import build_optimizer, build_scheduler
 from vlp.train.accelerator import make_accelerator
-from vlp.train.checkpointing import counters_of, rank_entry, restore_rng_of_rank, save_training_state
+from vlp.train.checkpointing import (counters_of, rank_entry, restore_head_states, restore_rng_of_rank,
+                                     save_training_state)
 from vlp.train.ema import WeightAverage
 from vlp.train.precision import Precision
 from vlp.train.resume import load_states, previous_run, resume_epoch
@@ -242,6 +243,7 @@ def _loop(state: TrainState) -> None:
     batches = iter(state.loader)
     if state.resumed_from is not None:  # after the loader's workers drew their seeds: the generators continue as saved
         restore_rng_of_rank(state.resumed_from, state.accelerator.process_index)
+        restore_head_states(state.resumed_from, state.unwrapped, state.accelerator.process_index)
         state.resumed_from = None
     state.window_start, state.window_samples = time.perf_counter(), 0
     state.model.train()

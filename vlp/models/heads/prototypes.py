@@ -20,7 +20,7 @@ prototype usage over the global batch (collapse shows as low entropy and many un
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -179,6 +179,20 @@ class PrototypeHead(Head):
                 param.copy_(F.normalize(param, dim=-1))
         if self.collecting and self.episode.full:
             self.refresh_from_episode()
+
+    def rank_state(self) -> Optional[Dict[str, Any]]:
+        """This rank's partly filled episode (its pairs so far), for an exact resume."""
+        if not self.episode.count:
+            return None
+        image, text = self.episode.take()
+        self.episode.add(image, text)
+        return {"image": image, "text": text}
+
+    def load_rank_state(self, state: Optional[Dict[str, Any]]) -> None:
+        if self.episode.count:
+            self.episode.take()  # emptied: the saved episode replaces it
+        if state:
+            self.episode.add(state["image"], state["text"])
 
     def refresh_from_episode(self) -> None:
         """Cluster the episode's pairs (every rank's) and copy the centroids into the prototypes

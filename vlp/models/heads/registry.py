@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABCMeta, abstractmethod
-from typing import Any, Callable, ClassVar, Dict, Mapping, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -74,6 +74,14 @@ class Head(nn.Module, metaclass=ABCMeta):
     def after_step(self) -> None:
         """Called by the training engine on every rank after each optimizer update (default:
         nothing); e.g. a prototype head's episodic k-means refresh."""
+
+    def rank_state(self) -> Optional[Dict[str, Any]]:
+        """This rank's training-time state outside the weights that an exact resume needs (e.g. a
+        partly filled k-means episode), as tensors and plain values; None when there is none."""
+        return None
+
+    def load_rank_state(self, state: Optional[Dict[str, Any]]) -> None:
+        """Restore what :meth:`rank_state` returned (on the same rank of a resumed run)."""
 
     @classmethod
     def check_terms(cls, options: Mapping[str, Any], terms: Sequence[Any], key: str) -> None:
