@@ -6,8 +6,8 @@ built-in evaluation (eval/) runs on the final model when ``eval.at_end`` is on.
 
 import sys
 
-from eval.training import evaluate_at_end
+from eval.training import evaluate_at_end, evaluate_periodic
 from vlp.train.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(evaluate=evaluate_at_end))
+    sys.exit(main(evaluate=evaluate_at_end, periodic=evaluate_periodic))

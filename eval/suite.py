@@ -4,7 +4,9 @@ captioning on ROOT/retrieval for a model with a caption head (CoCa).
 
 It is ``eval run`` on those folders (:func:`eval.run.run_tasks`): the same tasks, readers, files
 and embedding cache. :func:`evaluate_builtin` runs it on a model in memory without writing
-anything; :func:`eval.training.evaluate_at_end` is the trainer's end-of-training evaluation.
+anything; :func:`eval.training.evaluate_at_end` is the trainer's end-of-training evaluation, and
+:func:`eval.training.evaluate_periodic` its evaluation during training (the tasks of ``eval.every_tasks``:
+:func:`run_builtin` takes such a selection).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -21,26 +23,44 @@ from eval.encoding.embed import EvalModel
 from eval.encoding.encoder import Encoder
 from eval.run import RunOptions, run_tasks
 from eval.tasks import registry
+from eval.tasks.task import Task
 
 
-def builtin_datasets(root: str | os.PathLike[str]) -> list[DatasetSpec]:
-    """The suite's datasets under ``root``; every folder must exist (FileNotFoundError)."""
+def builtin_datasets(root: str | os.PathLike[str], tasks: Sequence[Task] | None = None) -> list[DatasetSpec]:
+    """The datasets under ``root`` of the suite's ``tasks`` (default: all); every folder must exist (FileNotFoundError)."""
     root = Path(root)
-    tasks = registry.builtin_tasks()
+    tasks = registry.builtin_tasks() if tasks is None else tasks
     missing = [str(root / t.builtin) for t in tasks if not (root / str(t.builtin)).is_dir()]
     if missing:
         raise FileNotFoundError(f"built-in eval root {root} lacks: {', '.join(missing)}")
     return [DatasetSpec(t.kinds[0], root / str(t.builtin)) for t in tasks]
 
 
-def run_builtin(encoder: Encoder, root: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None,
-                options: RunOptions | None = None) -> dict[str, dict[str, Any]]:
-    """``eval run`` of the suite's tasks on its datasets (files in ``output_dir`` as ``eval run
-    --output`` writes them; none when None); return {entry name (its folder): result dict}."""
+def builtin_selection(only: Sequence[str] | None = None) -> list[Task]:
+    """The suite's tasks, or those of them ``only`` names (a task's name or family; ``captioning``
+    rides on retrieval); ValueError naming the choices for any other name."""
     tasks = registry.builtin_tasks()
-    specs = builtin_datasets(root)
+    if only is None:
+        return tasks
+    choices = list(dict.fromkeys([n for t in tasks for n in (t.name, t.family)] + [CAPTIONING]))
+    unknown = [name for name in only if name not in choices]
+    if unknown:
+        raise ValueError(f"unknown built-in eval task(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
+    if CAPTIONING in only and not any(t.builtin == CAPTIONED_FOLDER and {t.name, t.family} & set(only) for t in tasks):
+        raise ValueError(f"{CAPTIONING} scores the {CAPTIONED_FOLDER} folder: name {CAPTIONED_FOLDER} with it")
+    return [t for t in tasks if t.name in only or t.family in only]
+
+
+def run_builtin(encoder: Encoder, root: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None,
+                options: RunOptions | None = None, only: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``eval run`` of the suite's tasks (those ``only`` names, see :func:`builtin_selection`) on
+    its datasets (files in ``output_dir`` as ``eval run --output`` writes them; none when None);
+    return {entry name (its folder): result dict}."""
+    tasks = builtin_selection(only)
+    specs = builtin_datasets(root, tasks)
     families, names = [t.family for t in tasks], [str(t.builtin) for t in tasks]
-    if _captions(encoder):  # a CoCa model also captions the retrieval folder's images, after retrieval
+    # a CoCa model also captions the retrieval folder's images, after retrieval
+    if (only is None or CAPTIONING in only) and _captions(encoder):
         families.append(CAPTIONING)
         names.insert(names.index(CAPTIONED_FOLDER) + 1, CAPTIONING)
     results = run_tasks(encoder, families, specs, output_dir, options)

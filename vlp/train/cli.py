@@ -1,7 +1,7 @@
 """``vlp-train`` / ``python train.py``: train from a YAML recipe plus section.key=value overrides.
 
-The end-of-training evaluation is the caller's to hand in (``train.py`` gives eval's); ``vlp-train``
-uses the installed one (vlp/train/evaluation.py).
+The end-of-training and periodic evaluations are the caller's to hand in (``train.py`` gives eval's);
+``vlp-train`` uses the installed ones (vlp/train/evaluation.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vlp.config import Config, ConfigError, config_to_yaml, load_config
-from vlp.train.evaluation import INSTALLED, EvaluationChoice
+from vlp.train.evaluation import INSTALLED, EvaluationChoice, PeriodicChoice
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                "e.g. loss.terms.0.weight=0.5):\n\n" + describe_config(Config()))
 
 
-def main(argv: Optional[List[str]] = None, evaluate: EvaluationChoice = INSTALLED) -> int:
+def main(argv: Optional[List[str]] = None, evaluate: EvaluationChoice = INSTALLED,
+         periodic: PeriodicChoice = INSTALLED) -> int:
     parser = _parser()
     parser.add_argument("--config", help="YAML recipe (see configs/)")
     parser.add_argument("--print-config", action="store_true",
@@ -45,12 +46,17 @@ def main(argv: Optional[List[str]] = None, evaluate: EvaluationChoice = INSTALLE
         print(config_to_yaml(cfg), end="")
         return 0
     from vlp.train.engine import train
+    from vlp.train.oom import TrainingOutOfMemory
 
     try:
-        run_dir = train(cfg, recipe=Path(args.config).stem if args.config else None, evaluate=evaluate)
+        run_dir = train(cfg, recipe=Path(args.config).stem if args.config else None, evaluate=evaluate,
+                        periodic=periodic)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingOutOfMemory as err:  # the advice, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per torchrun process
         print(f"done: {run_dir}")
     return 0

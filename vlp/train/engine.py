@@ -33,7 +33,11 @@ from vlp.losses.registry import compute_objective
 from vlp.models.factory import build_model, count_parameters, model_tokenizer
 from vlp.models.heads import check_heads_with_terms
 from vlp.checkpoints import FINAL_NAME, prune_step_checkpoints
-from vlp.train.evaluation import INSTALLED, EvaluationChoice, resolve_evaluation
+from vlp.train.evaluation import (INSTALLED, EvaluationChoice, PeriodicChoice, check_periodic, resolve_evaluation,
+                                  resolve_periodic)
+from vlp.train.oom import explain_out_of_memory
+from vlp.train.plots import plot_training
+from vlp.train.trackers import open_trackers
 from vlp.train.optim import build_optimizer, build_scheduler
 from vlp.train.accelerator import make_accelerator
 from vlp.train.checkpointing import (counters_of, rank_entry, restore_head_states, restore_rng_of_rank,
@@ -89,12 +93,14 @@ def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, resumed
     accelerator.wait_for_everyone()
 
 
-def _start(cfg: Config, recipe: Optional[str]) -> TrainState | Path:
+def _start(cfg: Config, recipe: Optional[str], periodic: PeriodicChoice) -> TrainState | Path:
     """Build and place everything, resuming from the run directory when it allows; the run
     directory itself when there is nothing left to train."""
     # what only training needs of the heads (e.g. no parameter that nothing trains: DDP refuses
     # one); checked here, not when a config is read, so a saved config still loads for evaluation
     check_heads_with_terms(cfg.model.heads, cfg.loss.terms)
+    periodic_eval = resolve_periodic(periodic) if cfg.eval.every else None
+    check_periodic(periodic_eval, cfg)  # a bad eval.every_tasks stops now, not at step eval.every
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     accelerator = make_accelerator(cfg)
@@ -139,7 +145,8 @@ def _start(cfg: Config, recipe: Optional[str]) -> TrainState | Path:
         model = torch.compile(model)
     state = TrainState(cfg, accelerator, precision, model, unwrapped, optimizer, scheduler,
                        transform, loader, run, samples_per_epoch, step=step, samples_seen=samples_seen,
-                       skipped=SkipReport(cfg.data.skip_log_interval_s), ema=ema, resumed_from=saved)
+                       skipped=SkipReport(cfg.data.skip_log_interval_s), ema=ema, resumed_from=saved,
+                       periodic_eval=periodic_eval, trackers=open_trackers(accelerator, cfg, run.root, start_step=step))
     if saved is not None:
         state.nonfinite_total, state.scaler_skipped = counters_of(saved).values()
     return state
@@ -248,18 +255,42 @@ def _loop(state: TrainState) -> None:
     state.window_start, state.window_samples = time.perf_counter(), 0
     state.model.train()
     while state.step < cfg.train.steps:  # state.step: optimizer updates done; a skipped batch does not count
-        losses = _step(state, [next(batches) for _ in range(cfg.train.accum_steps)])
+        micro = [next(batches) for _ in range(cfg.train.accum_steps)]
+        with explain_out_of_memory(cfg, world_size=state.accelerator.num_processes, step=state.step + 1):
+            losses = _step(state, micro)
         if losses is None:
             continue
         progress.update(1)
         if log_due(state):
             log_step(state, losses, progress)
+        if _periodic_eval_due(state):
+            _evaluate_now(state)
         if _checkpoint_due(state):
             save_training_state(state, state.run_dir.checkpoints / f"step-{state.step:08d}.pt")
             state.last_checkpoint_time = time.monotonic()
             if state.accelerator.is_main_process:
                 prune_step_checkpoints(state.run_dir.checkpoints, cfg.train.keep_checkpoints)
     progress.close()
+
+
+def _model_of_record(state: TrainState) -> Any:
+    """What evaluation and export see: the weight average when the run keeps one, else the weights."""
+    return state.ema.module if state.ema is not None else state.unwrapped
+
+
+def _periodic_eval_due(state: TrainState) -> bool:
+    every = state.cfg.eval.every
+    last_and_at_end = state.cfg.eval.at_end and state.step == state.cfg.train.steps  # the final evaluation follows
+    return state.periodic_eval is not None and state.step % every == 0 and not last_and_at_end
+
+
+def _evaluate_now(state: TrainState) -> None:
+    """The periodic evaluation on every rank; its metrics logged (rank 0) at this step."""
+    metrics = state.periodic_eval(_model_of_record(state), state.cfg, state.run_dir.root, state.step)
+    if metrics and state.accelerator.is_main_process:
+        record = {"step": state.step, "samples_seen": state.samples_seen, **metrics}
+        state.run_dir.log_metrics(record)
+        state.trackers.log(record, state.step)
 
 
 def _finish(state: TrainState, evaluate: EvaluationChoice) -> None:
@@ -272,18 +303,21 @@ def _finish(state: TrainState, evaluate: EvaluationChoice) -> None:
             "precision": state.cfg.train.precision, "skipped_samples": all_skipped,
             "nonfinite_steps": state.nonfinite_total, "scaler_skipped_steps": state.scaler_skipped})
     evaluate = resolve_evaluation(evaluate) if state.cfg.eval.at_end else None
-    if evaluate is not None:
-        # the weight average is the model of record when the run keeps one (it is also what export writes)
-        evaluate(state.ema.module if state.ema is not None else state.unwrapped, state.cfg, state.run_dir.root)
+    results = evaluate(_model_of_record(state), state.cfg, state.run_dir.root) if evaluate is not None else None
+    if results and state.accelerator.is_main_process:
+        state.trackers.log({f"eval/{entry}/{k}": v for entry, result in results.items()
+                            for k, v in (result.get("metrics") or {}).items()}, state.step)
     state.accelerator.wait_for_everyone()
 
 
-def train(cfg: Config, recipe: Optional[str] = None, evaluate: EvaluationChoice = INSTALLED) -> Path:
+def train(cfg: Config, recipe: Optional[str] = None, evaluate: EvaluationChoice = INSTALLED,
+          periodic: PeriodicChoice = INSTALLED) -> Path:
     """Train with ``cfg``; returns the run directory. ``recipe`` (the config file's stem) names a
     run that ``train.run_name`` leaves unnamed. ``evaluate(model, cfg, run_dir)`` runs on every
-    rank after the final checkpoint when ``eval.at_end``; the default is the evaluation an
-    installed application provides (none: no evaluation), None skips it."""
-    started = _start(cfg, recipe)
+    rank after the final checkpoint when ``eval.at_end``, and ``periodic(model, cfg, run_dir, step)``
+    every ``eval.every`` steps; the defaults are the evaluations an installed application provides
+    (none: no evaluation), None skips them."""
+    started = _start(cfg, recipe, periodic)
     if isinstance(started, Path):
         return started
     state, accelerator = started, started.accelerator
@@ -291,7 +325,14 @@ def train(cfg: Config, recipe: Optional[str] = None, evaluate: EvaluationChoice 
     accelerator.print(f"run dir {state.run_dir.root} | {accelerator.num_processes} process(es) on "
                       f"{accelerator.device} | {count_parameters(state.unwrapped)['total'] / 1e6:.1f}M parameters | "
                       f"global batch {state.global_batch}{per_epoch}")
-    _loop(state)
-    _finish(state, evaluate)
+    try:
+        _loop(state)
+        _finish(state, evaluate)
+    finally:
+        state.trackers.close()
+    if cfg.train.plot and accelerator.is_main_process:
+        curves = plot_training(state.run_dir.root)
+        if curves is not None:
+            print(f"curves: {curves}")
     state.accelerator.end_training()
     return state.run_dir.root

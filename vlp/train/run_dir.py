@@ -18,7 +18,7 @@ from vlp.config import Config, config_to_yaml
 from vlp.utils.atomic import write_json_atomic, write_text_atomic
 
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "metrics.superseded.jsonl", "train_summary.json", "eval_results.json",
-                "checkpoints")
+                "checkpoints", "tensorboard", "wandb", "training_curves.png")
 
 
 def claim_default_run_name(output_dir: str | Path, recipe: Optional[str]) -> str:

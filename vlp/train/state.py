@@ -44,6 +44,7 @@ class TrainState:
     resumed_from: Optional[Dict[str, Any]] = None  # the checkpoint state of a resumed run (its RNGs restored at the loop's start)
     last_checkpoint_time: float = field(default_factory=time.monotonic)
     trackers: Any = None  # vlp.train.trackers: TensorBoard / wandb through accelerate (rank 0)
+    periodic_eval: Any = None  # evaluate(model, cfg, run_dir, step) -> metrics, every eval.every steps
 
     @property
     def global_batch(self) -> int:
