@@ -39,7 +39,7 @@ from vlp.train.oom import explain_out_of_memory
 from vlp.train.plots import plot_training
 from vlp.train.trackers import open_trackers
 from vlp.train.optim import build_optimizer, build_scheduler
-from vlp.train.accelerator import make_accelerator
+from vlp.train.accelerator import make_accelerator, prepare_model_and_optimizer
 from vlp.train.checkpointing import (counters_of, rank_entry, restore_head_states, restore_rng_of_rank,
                                      save_training_state)
 from vlp.train.ema import WeightAverage
@@ -139,7 +139,7 @@ def _start(cfg: Config, recipe: Optional[str], periodic: PeriodicChoice) -> Trai
     if resume is not None:
         where = "mid-epoch, at the saved loader position" if position is not None else f"from epoch {start_epoch}"
         accelerator.print(f"resumed from {resume[0]} at step {step}; data {where} ({samples_seen} samples seen)")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare_model_and_optimizer(accelerator, model, optimizer)  # FSDP2: see vlp/train/accelerator.py
     unwrapped = accelerator.unwrap_model(model)
     if cfg.train.compile:
         model = torch.compile(model)

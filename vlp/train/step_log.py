@@ -12,6 +12,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from vlp.train.accelerator import full_value
+
 
 def any_rank(accelerator: Accelerator, flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
@@ -47,7 +49,7 @@ def log_step(state: Any, losses: Dict[str, torch.Tensor], progress: tqdm) -> Dic
     names = list(losses)
     means = state.accelerator.reduce(torch.stack([losses[k].detach().float() for k in names]), reduction="mean")
     mean_losses = dict(zip(names, means.tolist()))
-    scale = state.unwrapped.logit_head.scale().detach().item()
+    scale = full_value(state.unwrapped.logit_head.scale())  # collective under FSDP2 (a sharded parameter)
     record: Dict[str, Any] = {
         "step": state.step, "samples_seen": state.samples_seen, "lr": state.scheduler.get_last_lr()[0],
         "logit_scale": scale, "samples_per_s": state.window_samples / max(elapsed, 1e-9),
