@@ -73,6 +73,18 @@ class DualEncoder(nn.Module):
         self.token_reads = tuple(sorted({read for head in self.heads.values() for read in type(head).reads}))
         """The per-token outputs some head reads (``Head.reads``), computed with the embeddings."""
 
+    ENCODER_JOINS = {"logit_scale": ("shared",), "logit_bias": ("shared",)}
+    """The encoder's outputs that are not batch rows (see ``Head.joins``)."""
+
+    @property
+    def output_joins(self) -> Dict[str, Tuple[Any, ...]]:
+        """How each output of micro-batches joins into the whole batch's (gradient caching,
+        vlp/train/grad_cache.py): the encoder's and the heads' ``joins``; unnamed outputs are batch rows."""
+        joins = dict(self.ENCODER_JOINS)
+        for head in self.heads.values():
+            joins.update(type(head).joins)
+        return joins
+
     @property
     def image_size(self) -> int:
         return int(self.image_tower.image_size)

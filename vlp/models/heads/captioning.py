@@ -87,6 +87,10 @@ def _init_decoder(decoder: nn.Module) -> None:
     nn.init.normal_(decoder.text_projection, std=width ** -0.5)
 
 
+IGNORE_LABEL = -100
+"""The label of a padding position when the tokenizer pads with an id other than 0."""
+
+
 @register_head("caption")
 class CaptionHead(Head):
     """CoCa's multimodal text decoder and attentional image pooler (module docstring).
@@ -105,6 +109,7 @@ class CaptionHead(Head):
     """
 
     provides = ("caption_logits", "caption_labels")
+    joins = {"caption_logits": ("pad", 0.0), "caption_labels": ("pad", IGNORE_LABEL)}  # lengths vary by batch
     reads = ("image_tokens", "text_tokens")
 
     def __init__(self, image_tower: nn.Module, text_tower: nn.Module, width: Optional[int] = None,
@@ -189,10 +194,6 @@ class CaptionHead(Head):
         if pad != 0:  # the caption loss ignores id 0 (open_clip's padding) and negative labels
             labels = labels.masked_fill(labels == pad, IGNORE_LABEL)
         return {"caption_logits": logits, "caption_labels": labels}
-
-
-IGNORE_LABEL = -100
-"""The label of a padding position when the tokenizer pads with an id other than 0."""
 
 
 def caption_length(text: torch.Tensor, pad_id: int = 0) -> int:

@@ -29,7 +29,7 @@ from torch import nn
 
 from vlp.errors import ConfigError
 from vlp.models.heads.kmeans import EpisodeBuffer, episode_prototypes
-from vlp.models.heads.registry import Head, register_head
+from vlp.models.heads.registry import Head, is_replay, register_head
 
 MODALITIES = ("image", "text")
 
@@ -148,7 +148,7 @@ class PrototypeHead(Head):
                 added[f"proto_{m}_emb"], added[f"proto_{m}_scores"] = emb, emb @ protos.T
                 if f"{m}_emb_aug" in outputs:
                     added[f"proto_{m}_aug_scores"] = self.embed(m, outputs[f"{m}_emb_aug"]) @ protos.T
-        if self.training and self.collecting:
+        if self.training and self.collecting and not is_replay():  # a replayed forward: kept already
             self.episode.add(added["proto_image_emb"], added["proto_text_emb"])
         return added
 

@@ -17,9 +17,11 @@ output it did not declare is an error.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 from abc import ABCMeta, abstractmethod
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -44,6 +46,12 @@ class Head(nn.Module, metaclass=ABCMeta):
     tower's ``token_features``) and / or ``text_tokens`` (the text tower's ``token_states``). The
     DualEncoder computes them in the same tower pass as the embeddings, only when a head reads
     them, and drops them from the outputs it returns."""
+    joins: ClassVar[Mapping[str, Tuple[Any, ...]]] = {}
+    """How an output of micro-batches joins into the output of their whole batch (gradient caching,
+    vlp/train/grad_cache.py), for outputs that are not batch rows (an output not named here is
+    concatenated along dim 0): ``("shared",)`` the same for every micro-batch (from parameters
+    only), taken once; ``("pad", fill)`` rows whose dim 1 (a length) varies between micro-batches,
+    padded with ``fill`` to the longest (``fill`` must leave the objective unchanged, e.g. an ignored label)."""
 
     def __init__(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
         super().__init__()
@@ -88,6 +96,25 @@ class Head(nn.Module, metaclass=ABCMeta):
         """ConfigError when ``options`` do not fit the configured ``loss.terms`` (each with
         ``name`` and ``options``), e.g. a parameter that no term trains (data-parallel training
         refuses one); ``key`` is the head's config key. Default: no check."""
+
+
+_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("vlp_head_replay", default=False)
+
+
+@contextlib.contextmanager
+def replaying() -> Iterator[None]:
+    """Marks forwards that run again on inputs already forwarded, to rebuild their graph (gradient
+    caching's second pass): a head updates no state of its own in them (:func:`is_replay`)."""
+    token = _REPLAY.set(True)
+    try:
+        yield
+    finally:
+        _REPLAY.reset(token)
+
+
+def is_replay() -> bool:
+    """True inside :func:`replaying`: a head that keeps state from its training forwards skips it."""
+    return _REPLAY.get()
 
 
 def register_head(name: str) -> Callable[[Type[Head]], Type[Head]]:
@@ -153,4 +180,5 @@ def build_head(name: str, options: Mapping[str, Any], image_tower: nn.Module, te
     return HEADS[name](image_tower, text_tower, **dict(options or {}))
 
 
-__all__ = ["ENCODER_OUTPUTS", "HEADS", "TOKEN_OUTPUTS", "Head", "build_head", "check_heads", "check_heads_with_terms", "head_provides", "register_head"]
+__all__ = ["ENCODER_OUTPUTS", "HEADS", "TOKEN_OUTPUTS", "Head", "build_head", "check_heads", "check_heads_with_terms", "head_provides", "is_replay", "register_head",
+           "replaying"]
