@@ -3,7 +3,9 @@
 Reads our shards (``key.jpg``, ``key.txt``, ``key.json`` with a "captions" list, ``key.neg.json``),
 img2dataset shards (``key.jpg``/``key.txt``/``key.json`` with url, width, height, ...) and
 CLIP_benchmark sets (``webp``/``png``/``jpg`` with ``txt`` holding one caption per line, or ``cls``).
-Every failure is a ValueError whose message is the skip reason.
+Every failure is a ValueError whose message is the skip reason. Every random choice here (the
+caption drawn, the second caption view, its dropped words) is a function of (seed, epoch, key),
+never of a generator's history, so a resumed or re-split stream draws the same.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ fewer bytes through shared memory and to the device) and ``normalize_on_device``
 to normalised floats on the training device at the start of the step. ``normalize_batch`` does the
 same on CPU, in a loader worker, for consumers that want floats from the loader.
 ``draft_size`` tells the decoder how far a JPEG may be shrunk at decode time (DCT scaling) while the
-smallest crop still keeps the target size. Crop boxes are drawn from Python's ``random`` (seeded
-per loader worker by the DataLoader), with torchvision's RandomResizedCrop algorithm.
+smallest crop still keeps the target size. Crop boxes follow torchvision's RandomResizedCrop
+algorithm and jitter ColorJitter's (brightness and contrast factors, in random order), both drawn
+from the ``random.Random`` a call passes (the training loader seeds one per sample and view, so a
+sample's augmentation depends on nothing but the sample), else from the transform's own ``rng``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 from PIL import Image
-from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
@@ -37,28 +39,30 @@ class TrainTransform:
     """RGB, random resized crop (bicubic, antialiased) over ``resize_scale`` of the area and aspect
     ratios 3/4..4/3, optional brightness/contrast jitter, CLIP normalisation. No horizontal flip:
     captions say left/right. ``crop_resize`` gives uint8 [3, S, S] (what the training loader batches);
-    calling it gives the normalised float tensor [3, S, S]."""
+    calling it gives the normalised float tensor [3, S, S]. Random draws come from the ``rng`` a call
+    passes, else from ``rng`` given here, else from Python's ``random`` module."""
 
     def __init__(self, image_size: int, resize_scale: Sequence[float] = (0.85, 1.0), color_jitter: float = 0.0,
                  mean: Sequence[float] = OPENAI_DATASET_MEAN, std: Sequence[float] = OPENAI_DATASET_STD,
                  rng: random.Random | None = None) -> None:
         self.image_size = int(image_size)
         self.scale = (float(resize_scale[0]), float(resize_scale[1]))
-        self.rng = rng or random  # the module: the DataLoader seeds it in each worker
-        self.jitter = T.ColorJitter(brightness=color_jitter, contrast=color_jitter) if color_jitter > 0 else None
+        self.rng = rng or random  # the module, when no generator is given here or per call
+        self.jitter = float(color_jitter)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         # the smallest crop (area scale[0], ratio 3/4) must keep image_size pixels on its short side
         self.draft_size = math.ceil(self.image_size / math.sqrt(self.scale[0] * _RATIO[0]))
 
-    def crop_box(self, width: int, height: int) -> Tuple[int, int, int, int]:
+    def crop_box(self, width: int, height: int, rng: random.Random | None = None) -> Tuple[int, int, int, int]:
         """(left, top, w, h) of a random crop: torchvision's RandomResizedCrop.get_params algorithm."""
+        rng = rng or self.rng
         area, log_ratio = width * height, (math.log(_RATIO[0]), math.log(_RATIO[1]))
         for _ in range(10):
-            target = area * self.rng.uniform(*self.scale)
-            aspect = math.exp(self.rng.uniform(*log_ratio))
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
             w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                return self.rng.randint(0, width - w), self.rng.randint(0, height - h), w, h
+                return rng.randint(0, width - w), rng.randint(0, height - h), w, h
         ratio = width / height  # fallback: the largest centred crop within the ratio bounds
         w, h = (width, int(round(width / _RATIO[0]))) if ratio < _RATIO[0] else \
             (int(round(height * _RATIO[1])), height) if ratio > _RATIO[1] else (width, height)
@@ -70,12 +74,25 @@ class TrainTransform:
             image = image.convert("RGB")
         left, top, w, h = box
         crop = _pixels(image)[top:top + h, left:left + w].permute(2, 0, 1).unsqueeze(0)  # a view, channels-last
-        out = F.interpolate(crop, size=(self.image_size, self.image_size), mode="bicubic", antialias=True)[0, :3]
-        return self.jitter(out) if self.jitter is not None else out
+        return F.interpolate(crop, size=(self.image_size, self.image_size), mode="bicubic", antialias=True)[0, :3]
 
-    def crop_resize(self, image: Image.Image) -> torch.Tensor:
-        """The augmented image as uint8 [3, S, S], ready for ``normalize_batch``."""
-        return self.resize_box(image, self.crop_box(*image.size))
+    def color_jitter(self, pixels: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
+        """uint8 [3, S, S] with ColorJitter's brightness and contrast change: factors uniform in
+        [max(0, 1 - j), 1 + j], applied in random order (torchvision's functional ops)."""
+        rng = rng or self.rng
+        brightness_first = rng.random() < 0.5
+        low = max(0.0, 1.0 - self.jitter)
+        brightness, contrast = rng.uniform(low, 1.0 + self.jitter), rng.uniform(low, 1.0 + self.jitter)
+        if brightness_first:
+            return TF.adjust_contrast(TF.adjust_brightness(pixels, brightness), contrast)
+        return TF.adjust_brightness(TF.adjust_contrast(pixels, contrast), brightness)
+
+    def crop_resize(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        """The augmented image as uint8 [3, S, S], ready for ``normalize_batch``; its crop box (and
+        jitter) drawn from ``rng`` (default: the transform's)."""
+        rng = rng or self.rng
+        out = self.resize_box(image, self.crop_box(*image.size, rng=rng))
+        return self.color_jitter(out, rng) if self.jitter > 0 else out
 
     def normalize_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, S, S] -> normalised float32 [B, 3, S, S] (contiguous). In a loader worker the
@@ -85,8 +102,8 @@ class TrainTransform:
         out = shared_batch_tensor(batch.shape, torch.float32)
         return out.copy_(batch).mul_(scale).add_(shift)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.normalize_batch(self.crop_resize(image).unsqueeze(0))[0]
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        return self.normalize_batch(self.crop_resize(image, rng).unsqueeze(0))[0]
 
 
 @functools.lru_cache(maxsize=16)

@@ -146,7 +146,7 @@ def _start(cfg: Config, recipe: Optional[str], periodic: PeriodicChoice) -> Trai
     state = TrainState(cfg, accelerator, precision, model, unwrapped, optimizer, scheduler,
                        transform, loader, run, samples_per_epoch, step=step, samples_seen=samples_seen,
                        skipped=SkipReport(cfg.data.skip_log_interval_s), ema=ema, resumed_from=saved,
-                       periodic_eval=periodic_eval, trackers=open_trackers(accelerator, cfg, run.root, start_step=step))
+                       position=getattr(loader, "position", None), periodic_eval=periodic_eval, trackers=open_trackers(accelerator, cfg, run.root, start_step=step))
     if saved is not None:
         state.nonfinite_total, state.scaler_skipped = counters_of(saved).values()
     return state
