@@ -16,11 +16,11 @@ from vlp.checkpoints import load_checkpoint
 SMALL = [
     "model.arch.vision_cfg.image_size=32", "model.arch.vision_cfg.width=32", "model.arch.vision_cfg.head_width=16",
     "model.arch.vision_cfg.layers=1", "model.arch.text_cfg.width=32", "model.arch.text_cfg.layers=1",
-    "model.arch.embed_dim=16", "train.batch_size=8", "train.log_every=5", "optim.warmup_steps=2",
+    "model.arch.embed_dim=16", "train.batch_size=16", "train.log_every=5", "optim.warmup_steps=2",
     "eval.at_end=false", "train.report_to=none", "train.plot=false",
     "train.checkpoint_every=6", "train.keep_checkpoints=1", "model.patch_dropout=0.25", "train.threads=1",
 ]
-STEPS = 40  # 256 samples / batch 8 = 32 steps per epoch: the run crosses into a second epoch
+STEPS = 20  # 256 samples / batch 16 = 16 steps per epoch: the run crosses into a second epoch
 
 
 def _train_child(args, keys_file, kill_after):
@@ -44,7 +44,7 @@ def _train_child(args, keys_file, kill_after):
 
 
 def _run(args, keys_file, kill_after=None):
-    process = mp.get_context("spawn").Process(target=_train_child, args=(args, str(keys_file), kill_after))
+    process = mp.get_context("fork").Process(target=_train_child, args=(args, str(keys_file), kill_after))
     process.start()
     process.join(300)
     return process.exitcode
@@ -84,6 +84,6 @@ def test_killed_and_resumed_run_ends_bitwise_equal_and_reads_each_sample_once(sh
     consumed = [s for s in _steps(tmp_path / "cut.jsonl") if s["step"] < start] + resumed
     assert [s["step"] for s in consumed] == list(range(1, STEPS + 1))
     assert [s["keys"] for s in consumed] == [s["keys"] for s in _steps(tmp_path / "whole.jsonl")]
-    if not resampled and not buffer:  # without a buffer mixing epochs, the first 32 steps are epoch 0: each sample once
-        first_epoch = Counter(k for s in consumed[:32] for k in s["keys"])
+    if not resampled and not buffer:  # without a buffer mixing epochs, the first 16 steps are epoch 0: each sample once
+        first_epoch = Counter(k for s in consumed[:16] for k in s["keys"])
         assert len(first_epoch) == 256 and set(first_epoch.values()) == {1}

@@ -104,3 +104,15 @@ def test_training_step_gets_normalised_floats_from_uint8_batches(shapes_dir, tmp
     for in_dtype, shape, out_dtype, low, high in seen:
         assert in_dtype == torch.uint8 and shape == (8, 3, 32, 32) and out_dtype == torch.float32
         assert -1.8 < low < high < 2.2  # CLIP-normalised pixel values, not 0..255
+
+
+def test_the_training_pipeline_pickles_for_spawned_workers():
+    """A spawned loader worker (macOS's and Windows' default; torch.multiprocessing 'spawn') receives
+    the pipeline pickled: nothing in it may hold a module (the transform once kept ``random`` itself)."""
+    import pickle
+    import random
+
+    from vlp.data.transforms import TrainTransform
+
+    transform = pickle.loads(pickle.dumps(TrainTransform(32)))
+    assert transform.crop_box(64, 48, rng=random.Random(0)) == TrainTransform(32).crop_box(64, 48, rng=random.Random(0))

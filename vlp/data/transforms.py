@@ -47,7 +47,7 @@ class TrainTransform:
                  rng: random.Random | None = None) -> None:
         self.image_size = int(image_size)
         self.scale = (float(resize_scale[0]), float(resize_scale[1]))
-        self.rng = rng or random  # the module, when no generator is given here or per call
+        self.rng = rng  # None: the random module (not kept here: a module does not pickle into spawned workers)
         self.jitter = float(color_jitter)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         # the smallest crop (area scale[0], ratio 3/4) must keep image_size pixels on its short side
@@ -55,7 +55,7 @@ class TrainTransform:
 
     def crop_box(self, width: int, height: int, rng: random.Random | None = None) -> Tuple[int, int, int, int]:
         """(left, top, w, h) of a random crop: torchvision's RandomResizedCrop.get_params algorithm."""
-        rng = rng or self.rng
+        rng = rng or self.rng or random
         area, log_ratio = width * height, (math.log(_RATIO[0]), math.log(_RATIO[1]))
         for _ in range(10):
             target = area * rng.uniform(*self.scale)
@@ -79,7 +79,7 @@ class TrainTransform:
     def color_jitter(self, pixels: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
         """uint8 [3, S, S] with ColorJitter's brightness and contrast change: factors uniform in
         [max(0, 1 - j), 1 + j], applied in random order (torchvision's functional ops)."""
-        rng = rng or self.rng
+        rng = rng or self.rng or random
         brightness_first = rng.random() < 0.5
         low = max(0.0, 1.0 - self.jitter)
         brightness, contrast = rng.uniform(low, 1.0 + self.jitter), rng.uniform(low, 1.0 + self.jitter)
@@ -90,7 +90,7 @@ class TrainTransform:
     def crop_resize(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         """The augmented image as uint8 [3, S, S], ready for ``normalize_batch``; its crop box (and
         jitter) drawn from ``rng`` (default: the transform's)."""
-        rng = rng or self.rng
+        rng = rng or self.rng or random
         out = self.resize_box(image, self.crop_box(*image.size, rng=rng))
         return self.color_jitter(out, rng) if self.jitter > 0 else out
 
