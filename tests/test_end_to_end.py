@@ -68,13 +68,13 @@ def test_resume_continues_from_the_newest_checkpoint(shapes_dir, tmp_path, cli_e
     assert first["samples_seen"] == 10 * 16
     proc = _train(shapes_dir, tmp_path, "res", ["train.steps=20", "eval.at_end=false"], cli_env)
     assert "resumed from" in proc.stdout and "at step 10" in proc.stdout
-    assert "data from epoch 0 (160 samples seen)" in proc.stdout  # 256 samples an epoch
+    assert "data at the saved loader position (epoch 0, mid-epoch) (160 samples seen)" in proc.stdout  # 256 an epoch
     steps = [json.loads(line)["step"] for line in (tmp_path / "res/metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20]
     final = torch.load(tmp_path / "res/checkpoints/final.pt", weights_only=True)
     assert final["step"] == 20 and final["samples_seen"] == 20 * 16
     proc = _train(shapes_dir, tmp_path, "res", ["train.steps=22", "eval.at_end=false"], cli_env)
-    assert "data from epoch 1 (320 samples seen)" in proc.stdout  # past the first epoch: its next one
+    assert "(epoch 1, mid-epoch) (320 samples seen)" in proc.stdout  # past the first epoch: into its next one
 
 
 def test_bad_config_stops_before_work(tmp_path, cli_env):

@@ -137,7 +137,8 @@ def _start(cfg: Config, recipe: Optional[str], periodic: PeriodicChoice) -> Trai
                                 start_epoch=start_epoch, **({"position": position} if position is not None else {}))
     _prepare_run_dir(accelerator, run, cfg, resume is not None, step)
     if resume is not None:
-        where = "mid-epoch, at the saved loader position" if position is not None else f"from epoch {start_epoch}"
+        epoch = f"epoch {samples_seen // samples_per_epoch}, " if samples_per_epoch and not cfg.data.resampled else ""
+        where = f"at the saved loader position ({epoch}mid-epoch)" if position is not None else f"from epoch {start_epoch}"
         accelerator.print(f"resumed from {resume[0]} at step {step}; data {where} ({samples_seen} samples seen)")
     model, optimizer = prepare_model_and_optimizer(accelerator, model, optimizer)  # FSDP2: see vlp/train/accelerator.py
     unwrapped = accelerator.unwrap_model(model)

@@ -1,0 +1,317 @@
+"""Training throughput of whole commands: our ``train.py`` against ``open_clip_train.main``, plus
+model FLOP utilisation (MFU) of each.
+
+Both commands train the same architecture from random init on the same shards (synth-shapes,
+built here once and reused), with the same batch, precision, schedule (AdamW lr 1e-3, betas
+0.9/0.98, eps 1e-6, weight decay 0.1, linear warmup then cosine to 0, grad clip 1.0), train crop
+(random-resized, scale 0.9-1.0), torch threads and data workers; each logs every step, writes one
+final checkpoint and nothing else (no evaluation, no trackers, no plots). open_clip_train runs
+in the anchor environment ``.venv-anchor`` (webdataset<=0.2.86 and pandas over this project's
+environment; see benchmarks/anchor_env.py), through a two-line wrapper that registers our tiny
+model config with ``open_clip.add_model_config`` and then calls ``open_clip_train.main.main``.
+
+Points (``--points``; default: the first three):
+
+- ``tiny_fp32``, ``tiny_bf16``: configs/tiny.yaml's ViT (width 192, 6 layers, 64 px) and text
+  tower (width 256, 4 layers, context 32), batch ``--batch`` (64).
+- ``vit_b32_fp32``, ``vit_b32_bf16``: open_clip's ViT-B-32 (224 px, context 77), batch
+  ``--vit-batch`` (16, so that a step takes seconds, not minutes, on 2 CPU cores).
+
+bf16 is autocast in both (ours ``train.precision=bf16``, theirs ``--precision amp_bf16``). On a
+CPU without bf16 instructions (AVX2 only) bf16 matrix products are emulated and many times slower
+than fp32: ``vit_b32_bf16`` then takes minutes per step, so it is left out of the default set.
+
+Measured for each command, from its own log: samples/s in the steady state = batch x (steps after
+the first ``skip``) / (the sum of those steps' logged times) -- our run's metrics.jsonl
+``samples_per_s`` (one line per step), open_clip_train's ``Train Epoch ... <samples/s>/s`` lines
+(one per step). A step's logged time runs from the end of the previous step to the end of this one,
+so it includes the wait for its batch in both. Also the wall time of the whole command, and how much
+of it lay outside the logged steps (start-up: imports, model, loader workers; the final checkpoint);
+every step's time is in the JSON (``ours_step_s``, ``anchor_step_s``) to judge the warm-up. The loss: the
+first step's (both near ln(batch) at random init) and the mean of the last steps' batch losses
+(equal samples seen).
+
+MFU = model FLOPs per step x steps/s / matmul peak. Model FLOPs: one CLIP training step (both
+towers forward and backward, the contrastive loss) of the architecture at the batch, full text
+context, counted with ``torch.utils.flop_counter`` on open_clip's model (benchmarks/flops.py): the
+same number for both tools. (Ours runs the text tower only up to the batch's longest caption, so it
+does less work than that; the saving shows as speed, and its MFU, like its samples/s, credits it.)
+Peak: the best rate of square ``torch.matmul`` (512 up to 4096, as far as a call stays short; the
+best of three operand layouts, since a CPU's bf16 kernel can be ten times faster in one) in the
+point's dtype with the same thread count, measured here before the runs.
+
+    python benchmarks/train_throughput.py                       # default points, under 10 minutes on 2 cores
+    python benchmarks/train_throughput.py --points tiny_fp32 --steps 5 --skip 1   # smoke
+    python benchmarks/train_throughput.py --points vit_b32_bf16 # slow on CPUs without bf16 units
+
+Last line: one JSON object: per point ``{ours_samples_per_s, anchor_samples_per_s, ratio, ours_mfu,
+anchor_mfu, ours_final_loss, anchor_final_loss, model_gflop_per_step, wall times, ...}``,
+``matmul_peak`` per dtype, ``threads``, ``workers`` and ``ratio`` = the smallest of the points'
+ratios (ours / anchor samples/s; above 1: ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+TINY_CONFIG = "configs/tiny.yaml"
+ANCHOR_TINY_NAME = "vlp-tiny"  # the model config name our tiny architecture gets in open_clip
+SHARD_SAMPLES = 500
+ANCHOR_WRAPPER = ("import sys, open_clip; open_clip.add_model_config(sys.argv[1]); "
+                  "from open_clip_train.main import main; main(sys.argv[2:])")
+ANCHOR_LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/\d+ .*?Batch \(t\): [\d.]+, ([\d.e+-]+)/s,.*? Loss: ([^\s]+)")
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str      # "tiny" or "vit_b32"
+    precision: str  # "fp32" or "bf16"
+    steps: int
+    skip: int
+
+
+POINTS = {
+    "tiny_fp32": Point("tiny", "fp32", steps=40, skip=8),
+    "tiny_bf16": Point("tiny", "bf16", steps=4, skip=1),
+    "vit_b32_fp32": Point("vit_b32", "fp32", steps=3, skip=1),
+    "vit_b32_bf16": Point("vit_b32", "bf16", steps=3, skip=1),
+}
+DEFAULT_POINTS = ["tiny_fp32", "tiny_bf16", "vit_b32_fp32"]
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def ensure_anchor_env() -> Path:
+    """``.venv-anchor``, the environment benchmarks/data_loader.py defines for open_clip_train."""
+    from data_loader import ensure_anchor_env as data_loader_anchor_env
+
+    python = data_loader_anchor_env()
+    check = subprocess.run([str(python), "-c", "import open_clip_train.main"], capture_output=True, text=True)
+    if check.returncode != 0:
+        sys.exit(f"{python} cannot import open_clip_train.main:\n{check.stderr[-2000:]}")
+    return python
+
+
+def ensure_shards(work: Path, samples: int, threads: int) -> Path:
+    """A synth-shapes set of ``samples`` training images in shards of SHARD_SAMPLES (built once)."""
+    out = work / f"shapes-{samples}"
+    sizes = out / "train" / "sizes.json"
+    if (out / "dataset.json").is_file() and sizes.is_file() and sum(json.loads(sizes.read_text()).values()) == samples:
+        return out / "train"
+    print(f"building {samples} synth-shapes training samples in {out} ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "data_prep", "synth-shapes", "--out", str(out), "--train-samples",
+                    str(samples), "--seed", "0", "--shard-samples", str(SHARD_SAMPLES), "--zeroshot-per-class", "2",
+                    "--retrieval-samples", "16", "--compositional-samples", "16", "--workers", str(threads),
+                    "--overwrite"], check=True, cwd=ROOT, capture_output=True)
+    return out / "train"
+
+
+def tiny_arch() -> Dict[str, Any]:
+    from vlp.config import load_config
+
+    return load_config(str(ROOT / TINY_CONFIG), []).model.arch
+
+
+def write_anchor_model_config(work: Path) -> Path:
+    """A folder holding ``vlp-tiny.json``: configs/tiny.yaml's architecture as an open_clip model config."""
+    folder = work / "model-configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{ANCHOR_TINY_NAME}.json").write_text(json.dumps(tiny_arch(), indent=2))
+    return folder
+
+
+def commands(point: Point, name: str, batch: int, args: argparse.Namespace, shards: Path,
+             anchor_python: Path, model_configs: Path) -> Tuple[List[str], List[str], Path, Path]:
+    """(ours, anchor) command lines for ``point`` and where each writes its per-step log."""
+    warmup = max(1, point.steps // 10)
+    tars = sorted(p.name for p in shards.glob("shard-*.tar"))
+    pattern = str(shards / f"shard-{{{tars[0][6:12]}..{tars[-1][6:12]}}}.tar")
+    ours = [sys.executable, "train.py", "--config", TINY_CONFIG, f"data.train_shards={shards}",
+            f"data.workers={args.workers}", "data.resize_scale=[0.9,1.0]", f"train.steps={point.steps}",
+            f"train.batch_size={batch}", f"train.precision={point.precision}", f"train.threads={args.threads}",
+            "train.log_every=1", f"train.checkpoint_every={point.steps}", f"train.output_dir={args.work / 'runs'}",
+            f"train.run_name={name}", "train.report_to=none", "train.plot=false", "train.seed=0", "eval.at_end=false",
+            f"optim.lr={args.lr}", f"optim.warmup_steps={warmup}"]
+    if point.model == "vit_b32":
+        ours.append("model.arch=ViT-B-32")
+    anchor = [str(anchor_python), "-c", ANCHOR_WRAPPER, str(model_configs),
+              "--train-data", pattern, "--train-num-samples", str(point.steps * batch), "--dataset-type", "webdataset",
+              "--model", ANCHOR_TINY_NAME if point.model == "tiny" else "ViT-B-32", "--batch-size", str(batch),
+              "--precision", "fp32" if point.precision == "fp32" else "amp_bf16", "--workers", str(args.workers),
+              "--epochs", "1", "--lr", str(args.lr), "--wd", "0.1", "--beta1", "0.9", "--beta2", "0.98",
+              "--eps", "1e-6", "--warmup", str(warmup), "--grad-clip-norm", "1.0", "--save-frequency", "0",
+              "--report-to", "", "--logs", str(args.work / "anchor-logs"), "--name", name,
+              "--log-every-n-steps", "1", "--seed", "0"]
+    return ours, anchor, args.work / "runs" / name / "metrics.jsonl", args.work / "anchor-logs" / name / "out.log"
+
+
+def run_command(cmd: List[str], log: Path, threads: int) -> float:
+    """Wall seconds of ``cmd`` run from the repository root on the CPU with ``threads`` threads."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="",
+               PYTHONUNBUFFERED="1")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-4000:]}")
+    return wall
+
+
+def ours_steps(metrics: Path, batch: int) -> List[Tuple[int, float, float]]:
+    """(step, seconds, loss) per step from our metrics.jsonl (train.log_every=1)."""
+    rows = []
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line)
+        if "samples_per_s" in record:
+            rows.append((int(record["step"]), batch / record["samples_per_s"], float(record["loss/total"])))
+    return rows
+
+
+def anchor_steps(log: Path, batch: int) -> List[Tuple[int, float, float]]:
+    """(step, seconds, loss) per step from open_clip_train's out.log (--log-every-n-steps 1)."""
+    rows = []
+    for line in log.read_text().splitlines():
+        match = ANCHOR_LINE.search(line)
+        if match:
+            seen, per_s, loss = match.groups()
+            rows.append((int(seen) // batch, batch / float(per_s), float(loss)))
+    return rows
+
+
+def summarise(rows: List[Tuple[int, float, float]], steps: int, skip: int, batch: int, wall: float,
+              loss_window: int, who: str) -> Dict[str, Any]:
+    if [r[0] for r in rows] != list(range(1, steps + 1)):
+        sys.exit(f"{who}: expected one log line per step 1..{steps}, got steps {[r[0] for r in rows]}")
+    steady = rows[skip:]
+    seconds = sum(r[1] for r in steady)
+    last = rows[-loss_window:]
+    return {"samples_per_s": batch * len(steady) / seconds, "step_s": [round(r[1], 3) for r in rows],
+            "first_loss": rows[0][2], "final_loss": sum(r[2] for r in last) / len(last),
+            "wall_s": wall, "outside_steps_s": wall - sum(r[1] for r in rows)}
+
+
+def measure_point(name: str, point: Point, index: int, args: argparse.Namespace, shards: Path,
+                  anchor_python: Path, model_configs: Path) -> Dict[str, Any]:
+    batch = args.batch if point.model == "tiny" else args.vit_batch
+    ours_cmd, anchor_cmd, ours_log, anchor_log = commands(point, name, batch, args, shards, anchor_python,
+                                                          model_configs)
+    shutil.rmtree(ours_log.parent, ignore_errors=True)
+    shutil.rmtree(anchor_log.parent, ignore_errors=True)
+    loss_window = max(1, min(5, point.steps // 8))
+    figures = {}
+    for who in (("ours", "anchor") if index % 2 == 0 else ("anchor", "ours")):
+        cmd = ours_cmd if who == "ours" else anchor_cmd
+        print(f"{name}: {who}: {' '.join(cmd[:2] if who == 'ours' else cmd[:1])} ...", file=sys.stderr, flush=True)
+        wall = run_command(cmd, args.work / "logs" / f"{name}-{who}.log", args.threads)
+        rows = ours_steps(ours_log, batch) if who == "ours" else anchor_steps(anchor_log, batch)
+        figures[who] = summarise(rows, point.steps, point.skip, batch, wall, loss_window, f"{name} {who}")
+    return {"batch": batch, "steps": point.steps, "skip": point.skip, "final_loss_steps": loss_window,
+            "precision": point.precision, "model": point.model, **{f"{who}_{k}": v for who in ("ours", "anchor")
+                                                                     for k, v in figures[who].items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", nargs="+", choices=list(POINTS), default=DEFAULT_POINTS)
+    parser.add_argument("--steps", type=int, help="steps of every point (default: each point's own: "
+                        + ", ".join(f"{k} {p.steps}" for k, p in POINTS.items()) + ")")
+    parser.add_argument("--skip", type=int, help="first steps left out of samples/s (default: each point's own: "
+                        + ", ".join(f"{k} {p.skip}" for k, p in POINTS.items()) + ")")
+    parser.add_argument("--batch", type=int, default=64, help="batch of the tiny points")
+    parser.add_argument("--vit-batch", type=int, default=16, help="batch of the ViT-B/32 points")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of both commands and of the peak")
+    parser.add_argument("--workers", type=int, default=1, help="data loader workers of both commands")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--samples", type=int, help="training samples in the shard set (default: enough for one "
+                        "pass of the longest point, at least 2000)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/vlp-bench-train-throughput"),
+                        help="shards, run directories and logs (shards are reused)")
+    args = parser.parse_args()
+
+    import torch
+
+    from flops import clip_step_flops, matmul_peak
+
+    started = time.perf_counter()
+    points = {}
+    for name in args.points:
+        base = POINTS[name]
+        steps = args.steps or base.steps
+        steps = math.ceil(steps / args.workers) * args.workers  # open_clip_train runs whole batches per worker
+        if args.skip is not None:
+            skip = args.skip
+        else:  # the point's own, or a quarter of a shorter run (--steps)
+            skip = min(base.skip, max(1, steps // 4)) if steps > 1 else 0
+        if not 0 <= skip < steps:
+            sys.exit(f"--skip must be in [0, steps) (steps {steps} for {name})")
+        points[name] = Point(base.model, base.precision, steps, skip)
+    needed = max(p.steps * (args.batch if p.model == "tiny" else args.vit_batch) for p in points.values())
+    chunk = SHARD_SAMPLES * args.workers  # every loader worker of the anchor gets whole shards alike
+    samples = args.samples or chunk * math.ceil(max(needed * 1.1, 2000) / chunk)
+    if samples < needed:
+        sys.exit(f"--samples {samples} is less than one pass of the longest point ({needed})")
+    args.work.mkdir(parents=True, exist_ok=True)
+    shards = ensure_shards(args.work, samples, args.threads)
+    anchor_python = ensure_anchor_env()
+    model_configs = write_anchor_model_config(args.work)
+
+    peaks = {}
+    for precision in sorted({p.precision for p in points.values()}):
+        dtype = DTYPES[precision]
+        peaks[dtype] = matmul_peak(getattr(torch, dtype), args.threads)
+        print(f"matmul peak {dtype}: {peaks[dtype]['gflop_per_s']} GFLOP/s (n={peaks[dtype]['size']}, "
+              f"{args.threads} threads)", file=sys.stderr, flush=True)
+    archs = {"tiny": tiny_arch(), "vit_b32": "ViT-B-32"}
+
+    summary: Dict[str, Any] = {"benchmark": "train_throughput", "threads": args.threads, "workers": args.workers,
+                               "samples_in_shards": samples, "cpus": os.cpu_count(), "device": "cpu"}
+    for index, (name, point) in enumerate(points.items()):
+        figures = measure_point(name, point, index, args, shards, anchor_python, model_configs)
+        step_flops = clip_step_flops(archs[point.model], figures["batch"])["total"]
+        peak = peaks[DTYPES[point.precision]]["flop_per_s"]
+        result = {
+            "ours_samples_per_s": round(figures["ours_samples_per_s"], 2),
+            "anchor_samples_per_s": round(figures["anchor_samples_per_s"], 2),
+            "ratio": round(figures["ours_samples_per_s"] / figures["anchor_samples_per_s"], 3),
+            "ours_mfu": round(step_flops * figures["ours_samples_per_s"] / figures["batch"] / peak, 4),
+            "anchor_mfu": round(step_flops * figures["anchor_samples_per_s"] / figures["batch"] / peak, 4),
+            "ours_final_loss": round(figures["ours_final_loss"], 4),
+            "anchor_final_loss": round(figures["anchor_final_loss"], 4),
+            "ours_first_loss": round(figures["ours_first_loss"], 4),
+            "anchor_first_loss": round(figures["anchor_first_loss"], 4),
+            "model_gflop_per_step": round(step_flops / 1e9, 3),
+            **{k: figures[k] for k in ("model", "precision", "batch", "steps", "skip", "final_loss_steps")},
+            **{f"{who}_{k}": round(figures[f"{who}_{k}"], 1) for who in ("ours", "anchor")
+               for k in ("wall_s", "outside_steps_s")},
+            **{f"{who}_step_s": figures[f"{who}_step_s"] for who in ("ours", "anchor")},
+        }
+        summary[name] = result
+        print(f"{name}: ours {result['ours_samples_per_s']:.1f} samples/s (MFU {result['ours_mfu']:.1%}, "
+              f"{result['ours_wall_s']:.0f} s whole), open_clip_train {result['anchor_samples_per_s']:.1f} samples/s "
+              f"(MFU {result['anchor_mfu']:.1%}, {result['anchor_wall_s']:.0f} s whole), ratio {result['ratio']}; "
+              f"loss after {point.steps} steps: ours {result['ours_final_loss']:.3f}, "
+              f"open_clip_train {result['anchor_final_loss']:.3f}", flush=True)
+    summary["matmul_peak"] = {k: {key: v[key] for key in ("gflop_per_s", "size", "layout", "sizes_tried")}
+                              for k, v in peaks.items()}
+    summary["ratio"] = min(summary[name]["ratio"] for name in points)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
