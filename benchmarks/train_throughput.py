@@ -225,7 +225,7 @@ def measure_point(name: str, point: Point, index: int, args: argparse.Namespace,
                                                                      for k, v in figures[who].items()}}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", nargs="+", choices=list(POINTS), default=DEFAULT_POINTS)
     parser.add_argument("--steps", type=int, help="steps of every point (default: each point's own: "
@@ -241,13 +241,11 @@ def main() -> None:
                         "pass of the longest point, at least 2000)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vlp-bench-train-throughput"),
                         help="shards, run directories and logs (shards are reused)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import torch
 
-    from flops import clip_step_flops, matmul_peak
-
-    started = time.perf_counter()
+def chosen_points(args: argparse.Namespace) -> Dict[str, Point]:
+    """The points to measure with their steps and skipped warm-up steps."""
     points = {}
     for name in args.points:
         base = POINTS[name]
@@ -260,6 +258,18 @@ def main() -> None:
         if not 0 <= skip < steps:
             sys.exit(f"--skip must be in [0, steps) (steps {steps} for {name})")
         points[name] = Point(base.model, base.precision, steps, skip)
+    return points
+
+
+def main() -> None:
+    args = parse_args()
+
+    import torch
+
+    from flops import clip_step_flops, matmul_peak
+
+    started = time.perf_counter()
+    points = chosen_points(args)
     needed = max(p.steps * (args.batch if p.model == "tiny" else args.vit_batch) for p in points.values())
     chunk = SHARD_SAMPLES * args.workers  # every loader worker of the anchor gets whole shards alike
     samples = args.samples or chunk * math.ceil(max(needed * 1.1, 2000) / chunk)

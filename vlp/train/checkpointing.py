@@ -30,8 +30,9 @@ def per_rank(accelerator: Any, value: Any) -> list:
 def save_training_state(state: Any, path: Path) -> None:
     """An atomic checkpoint of everything a resume needs (collective; rank 0 writes, every rank waits)."""
     accelerator = state.accelerator
-    model_state = full_model_state(accelerator, state.model)  # collective: a sharded model gathers here
-    optimizer_state = full_optimizer_state(accelerator, state.model, state.optimizer)
+    prepared = getattr(state.model, "_orig_mod", state.model)  # under train.compile: the module compiled
+    model_state = full_model_state(accelerator, prepared)  # collective: a sharded model gathers here
+    optimizer_state = full_optimizer_state(accelerator, prepared, state.optimizer)
     rng = per_rank(accelerator, capture_rng())
     data = per_rank(accelerator, state.position.state_dict() if state.position is not None else None)
     heads = per_rank(accelerator, {name: head.rank_state() for name, head in getattr(state.unwrapped, "heads", {}).items()})
