@@ -1,18 +1,18 @@
-"""model.grad_checkpointing: open_clip's checkpointed blocks in both towers give the gradients of
-the plain forward (float64), and the refusal names the key for a tower without it."""
+"""model.grad_checkpointing: checkpointed blocks in both towers give the gradients of the plain
+forward and of open_clip's own checkpointed forward (float64), and the refusal names the key for a
+tower without it."""
 
 import copy
 import os
 import sys
 
-import open_clip.transformer
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_arch import TINY_ARCH  # noqa: E402
 
-import vlp.models.towers.open_clip_text as text_module  # noqa: E402
+import vlp.models.towers.blocks as blocks_module  # noqa: E402
 from vlp.config import ConfigError, ModelConfig  # noqa: E402
 from vlp.losses.contrastive import clip_loss  # noqa: E402
 from vlp.models.factory import build_model  # noqa: E402
@@ -37,13 +37,13 @@ def _model(**options):
 
 def _counting_checkpoint(monkeypatch):
     calls = []
-    original = open_clip.transformer.checkpoint
+    original = blocks_module.checkpoint
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(open_clip.transformer, "checkpoint", counted)
+    monkeypatch.setattr(blocks_module, "checkpoint", counted)
     return calls
 
 
@@ -59,21 +59,19 @@ def test_checkpointing_gives_the_same_gradients(monkeypatch):
     assert max((plain[n] - checkpointed[n]).abs().max().item() for n in plain) <= 1e-10
 
 
-def test_the_trimmed_text_forward_under_checkpointing_gives_the_same_gradients(monkeypatch):
-    """can_trim_text steps aside under checkpointing; the trimmed forward would give the same gradients too."""
-    plain = _grads(_model())
+def test_checkpointing_gives_open_clips_checkpointed_gradients():
+    """The towers' own forwards (trimmed text, fast ViT) under checkpointing against open_clip's
+    CLIP forward over the same modules, checkpointed by open_clip."""
     model = _model(grad_checkpointing=True)
-    trimmed = []
-
-    def trim_anyway(clip):
-        trimmed.append(1)
-        return isinstance(clip, text_module.OpenCLIPTextTower)
-
-    monkeypatch.setattr(text_module, "can_trim_text", trim_anyway)
-    calls = _counting_checkpoint(monkeypatch)
-    checkpointed = _grads(model)
-    assert trimmed and len(calls) == 4
-    assert max((plain[n] - checkpointed[n]).abs().max().item() for n in plain) <= 1e-10
+    ours = _grads(model)
+    model.zero_grad(set_to_none=True)
+    clip = model.clip
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    image = torch.nn.functional.normalize(clip.encode_image(images), dim=-1)
+    text = torch.nn.functional.normalize(clip.encode_text(TEXTS), dim=-1)
+    clip_loss(image, text, model.logit_head()["logit_scale"]).backward()
+    theirs = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    assert max((ours[n] - theirs[n]).abs().max().item() for n in ours) <= 1e-10
 
 
 def test_a_tower_without_checkpointing_is_refused_naming_the_key():

@@ -37,12 +37,32 @@ def test_trimmed_text_encoding_equals_full_context():
     trimmed = model.encode_text(tokens)
     full = F.normalize(model.clip.encode_text(tokens), dim=-1)
     assert torch.allclose(trimmed, full, atol=1e-12)
-    # gradients agree too
+    # gradients of every text parameter agree too (the trimmed path computes the last block for
+    # the end token of each caption alone)
     model.train()
-    g_trim = torch.autograd.grad(model.encode_text(tokens).sum(), model.clip.token_embedding.weight)[0]
-    g_full = torch.autograd.grad(F.normalize(model.clip.encode_text(tokens), dim=-1).sum(),
-                                 model.clip.token_embedding.weight)[0]
-    assert torch.allclose(g_trim, g_full, atol=1e-12)
+    weights = torch.randn(4, 16, generator=g, dtype=torch.float64)
+    params = [p for p in model.text_tower.parameters() if p.requires_grad]
+    g_trim = torch.autograd.grad((model.encode_text(tokens) * weights).sum(), params)
+    g_full = torch.autograd.grad((F.normalize(model.clip.encode_text(tokens), dim=-1) * weights).sum(), params)
+    for trim, full in zip(g_trim, g_full):
+        assert torch.allclose(trim, full, atol=1e-12)
+
+
+def test_trimmed_text_with_eos_pooling_and_a_hooked_block_equals_full_context():
+    """'eos' pooling takes the first end id; a block with a hook runs its own forward (hook called)."""
+    arch = {**TINY_ARCH, "text_cfg": {**TINY_ARCH["text_cfg"], "pool_type": "eos", "eos_id": 63}}
+    torch.manual_seed(0)
+    model = DualEncoder(arch).double().train()
+    tokens = torch.tensor([[62, 5, 63, 7, 63, 0, 0, 0], [62, 63, 0, 0, 0, 0, 0, 0], [62, 9, 9, 9, 9, 9, 63, 0]])
+    calls = []
+    model.text_tower.transformer.resblocks[-1].register_forward_pre_hook(lambda *a: calls.append(1))
+    params = [p for p in model.text_tower.parameters() if p.requires_grad]
+    trimmed = model.encode_text(tokens)
+    assert calls == [1]
+    full = F.normalize(model.clip.encode_text(tokens), dim=-1)
+    assert torch.allclose(trimmed, full, atol=1e-12)
+    for trim, ref in zip(torch.autograd.grad(trimmed.sum(), params), torch.autograd.grad(full.sum(), params)):
+        assert torch.allclose(trim, ref, atol=1e-12)
 
 
 def test_logit_scale_clamp_keeps_exp_at_most_max():

@@ -222,8 +222,9 @@ def test_open_clip_layout_round_trip(arch, cls):
     theirs.load_state_dict(to_open_clip_state(ours), strict=True)
     images, ids = _inputs()
     with torch.no_grad():
-        torch.testing.assert_close(theirs.encode_image(images, normalize=True), ours.encode_image(images), atol=1e-7, rtol=0)
-        # ours runs the text tower only up to the longest caption: other matmul shapes, float32 rounding apart
+        # ours runs the patch convolution as a matrix product and the text tower only up to the longest
+        # caption: other kernels and matmul shapes, float32 rounding apart
+        torch.testing.assert_close(theirs.encode_image(images, normalize=True), ours.encode_image(images), atol=1e-6, rtol=0)
         torch.testing.assert_close(theirs.encode_text(ids, normalize=True), ours.encode_text(ids), atol=1e-6, rtol=0)
     assert theirs.logit_scale.item() == 2.5
     back = DualEncoder(arch).eval()

@@ -31,7 +31,7 @@ from vlp.models.logit_head import LogitHead
 from vlp.models.towers.open_clip_image import OpenCLIPImageTower
 from vlp.models.towers.open_clip_text import (OpenCLIPCustomTextTower, OpenCLIPTextTower, check_local_hf_model,
                                               text_features)
-from vlp.models.towers.vit_inference import image_features
+from vlp.models.towers.vit_forward import image_features
 
 
 class OpenCLIPEncoder(nn.Module):

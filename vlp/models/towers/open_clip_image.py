@@ -9,13 +9,13 @@ from torch import nn
 
 from vlp.models.towers.base import ImageTower, TowerFeatureError
 from vlp.models.towers.registry import register_image_tower
-from vlp.models.towers.vit_inference import supports_fast_forward, vit_inference_forward
+from vlp.models.towers.vit_forward import supports_fast_forward, vit_forward
 
 
 class OpenCLIPImageTower(ImageTower):
     """An open_clip vision tower (``visual``, as in open_clip's CLIP). ``forward`` is
-    ``visual(pixels)``, through the exact inference forward of :mod:`vit_inference` when it
-    applies (grad off, eval mode, a plain ViT)."""
+    ``visual(pixels)``, through the exact faster forward of :mod:`vit_forward` when it
+    applies (a plain ViT; training and inference alike)."""
 
     def __init__(self, visual: nn.Module) -> None:
         super().__init__()
@@ -31,8 +31,8 @@ class OpenCLIPImageTower(ImageTower):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.visual
-        if not torch.is_grad_enabled() and not visual.training and supports_fast_forward(visual):
-            return vit_inference_forward(visual, pixels)
+        if supports_fast_forward(visual):
+            return vit_forward(visual, pixels)
         return _one_query(visual(pixels))
 
     def token_features(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vlp.models.towers.base import TextTower, TowerFeatureError
+from vlp.models.towers.blocks import run_blocks
 from vlp.models.towers.registry import register_text_tower
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -134,7 +135,8 @@ class OpenCLIPTextTower(TextTower):
         lock_text_tower(self, unlocked_layers)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """As open_clip's CLIP: ``transformer.grad_checkpointing`` (the full-context forward is used then)."""
+        """As open_clip's CLIP: ``transformer.grad_checkpointing`` (each block recomputed in the backward; the
+        trimmed forward checkpoints its blocks alike)."""
         self.transformer.grad_checkpointing = enable
 
 
@@ -292,7 +294,7 @@ def can_trim_text(clip: nn.Module) -> bool:
     causal transformer pooled at the end token ('argmax' or 'eos'), so :func:`encode_text_trimmed`
     gives its exact features."""
     return (isinstance(clip, (open_clip.CLIP, OpenCLIPTextTower)) and clip.attn_mask is not None
-            and clip.text_pool_type in ("argmax", "eos") and not getattr(clip.transformer, "grad_checkpointing", False))
+            and clip.text_pool_type in ("argmax", "eos"))
 
 
 def encode_text_trimmed(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
@@ -301,23 +303,33 @@ def encode_text_trimmed(clip: nn.Module, text: torch.Tensor) -> torch.Tensor:
     With a causal mask, a position never attends to later ones, so the padding after the
     longest caption cannot change any pooled (end-of-text) feature: the result equals the
     full-context forward, at the cost of the real caption lengths instead of the context
-    length (web captions average ~15 BPE tokens against a context of 77).
+    length (web captions average ~15 BPE tokens against a context of 77). The blocks run through
+    :func:`vlp.models.towers.blocks.run_blocks`, the last one for the pooled token of each
+    caption alone (no other position of it is read).
     """
-    return encode_text_trimmed_with_tokens(clip, text)[0]
+    pooled, x, mask = _trimmed_inputs(clip, text)
+    x = clip.ln_final(run_blocks(clip.transformer, x, attn_mask=mask, last_rows=pooled))
+    return _project(clip.text_projection, x[:, 0])
 
 
 def encode_text_trimmed_with_tokens(clip: nn.Module, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(:func:`encode_text_trimmed`'s features, the ``ln_final`` states [B, L', width] of the same
     pass), L' = the position after the batch's last pooled (end) token."""
+    pooled, x, mask = _trimmed_inputs(clip, text)
+    states = clip.ln_final(run_blocks(clip.transformer, x, attn_mask=mask))
+    x = states[torch.arange(x.shape[0], device=x.device), pooled]
+    return _project(clip.text_projection, x), states
+
+
+def _trimmed_inputs(clip: nn.Module, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pooled position [B], embedded tokens [B, L', width], causal mask [L', L']) of the batch cut
+    after its last pooled token."""
     pooled = text_pool_positions(text, clip.text_pool_type, getattr(clip, "text_eos_id", None))
     length = int(pooled.max().item()) + 1
     text = text[:, :length]
     cast_dtype = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    states = clip.ln_final(x)
-    x = states[torch.arange(x.shape[0], device=x.device), pooled]
-    return _project(clip.text_projection, x), states
+    return pooled, x, clip.attn_mask[:length, :length]
 
 
 def _project(projection: Any, x: torch.Tensor) -> torch.Tensor:
