@@ -43,6 +43,7 @@ from vlp.train.accelerator import make_accelerator, prepare_model_and_optimizer
 from vlp.train.checkpointing import (counters_of, rank_entry, restore_head_states, restore_rng_of_rank,
                                      save_training_state)
 from vlp.train.ema import WeightAverage
+from vlp.train.host_memory import retain_freed_memory
 from vlp.train.precision import Precision
 from vlp.train.resume import load_states, previous_run, resume_epoch
 from vlp.train.run_dir import RunDir, claim_default_run_name
@@ -74,10 +75,6 @@ def _warn_about_setup(cfg: Config, accelerator: Accelerator) -> None:
                           f"{cfg.train.steps}: the learning rate never reaches its peak optim.lr={cfg.optim.lr}")
 
 
-
-
-
-
 def _prepare_run_dir(accelerator: Accelerator, run: RunDir, cfg: Config, resumed: bool, start_step: int) -> None:
     """Rank 0 moves aside what this run does not continue and writes the config; every rank waits."""
     accelerator.wait_for_everyone()  # every rank has read the old run before rank 0 changes its directory
@@ -103,6 +100,8 @@ def _start(cfg: Config, recipe: Optional[str], periodic: PeriodicChoice) -> Trai
     check_periodic(periodic_eval, cfg)  # a bad eval.every_tasks stops now, not at step eval.every
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.retain_freed_memory:
+        retain_freed_memory()  # before the model and the loader workers exist
     accelerator = make_accelerator(cfg)
     precision = Precision(accelerator, cfg.train.precision)
     _warn_about_setup(cfg, accelerator)
@@ -221,12 +220,6 @@ def _step(state: TrainState, batches: List[Dict[str, Any]]) -> Optional[Dict[str
     state.step += 1
     run_head_hooks(state, outputs)
     return losses
-
-
-
-
-
-
 
 
 def _checkpoint_due(state: TrainState) -> bool:

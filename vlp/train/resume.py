@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = (
     "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.resume",
     "train.threads", "train.run_name", "train.output_dir", "train.checkpoint_minutes", "train.report_to", "train.plot",
-    "train.compile", "train.channels_last", "data.workers", "data.skip_log_interval_s", "eval.",
+    "train.compile", "train.channels_last", "train.retain_freed_memory", "data.workers", "data.skip_log_interval_s", "eval.",
     "model.init_from", "model.init_image_from", "model.init_text_from", "model.pretrained", "model.grad_checkpointing",
 )
 """Keys (or prefixes ending in '.') that a resumed run may change: length, logging, evaluation, loader speed,
 where the first weights came from (a resume loads its own checkpoint), gradient checkpointing
-(the same gradients, less memory), compilation and memory format (the same model, run faster)."""
+(the same gradients, less memory), compilation, memory format and host allocator (the same model, run
+faster)."""
 
 WAYS_OUT = "choose a new train.run_name, or train.resume=false to start this run over (its old files are kept aside)"
 
