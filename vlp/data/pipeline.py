@@ -254,11 +254,18 @@ def build_train_loader(shards: ShardsArg, batch_size: int, transform: ImageTrans
                          assembler, skips, settings, start_epoch=start_epoch, resume=position or None)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                         persistent_workers=workers > 0 and epochs is None,
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_as_assembled, num_workers=workers,
+                                         pin_memory=pin_memory, persistent_workers=workers > 0 and epochs is None,
                                          prefetch_factor=4 if workers else None)
     loader.position = LoaderPosition(position or None)
     return loader
+
+
+def _as_assembled(batch: Batch) -> Batch:
+    """The DataLoader's per-item collate: a batch comes assembled (tensors), so it passes as it is.
+    The default (``default_convert``) walks every element of the batch, its position's shuffle-buffer
+    list included: about 5 ms of the worker per batch of 64 for nothing."""
+    return batch
 
 
 def loader_from_config(data, batch_size: int, transform: ImageTransform, tokenizer: Tokenizer, *,
