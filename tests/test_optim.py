@@ -1,13 +1,17 @@
-"""Weight-decay exclusions and the warmup + cosine schedule, on exact values."""
+"""Weight-decay exclusions, the warmup + cosine schedule on exact values, and gradient clipping folded
+into the fused AdamW step."""
 
 import math
 
 import pytest
+import torch
+from torch import nn
 
 from tiny_arch import TINY_ARCH
 from vlp.config import OptimConfig
 from vlp.models.dual_encoder import DualEncoder
 from vlp.models.open_clip_layout import from_open_clip_key, open_clip_model
+from vlp.train.precision import step_with_clipped_gradients
 from vlp.train.optim import build_optimizer, lr_factor
 
 
@@ -55,3 +59,35 @@ def test_linear_schedule_after_warmup_falls_on_a_straight_line():
     assert [lr_factor(s, 12, cfg) for s in (2, 7, 12, 20)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
     floor = OptimConfig(warmup_steps=0, schedule="linear", min_lr_ratio=0.2)
     assert lr_factor(5, 10, floor) == pytest.approx(0.2 + 0.8 * 0.5)
+
+
+def _params_with_grads(seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(torch.randn(*shape, generator=g)) for shape in ((40, 30), (30,), (7, 5, 3))]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return params
+
+
+@pytest.mark.parametrize("scale", [10.0, 0.01])  # the global norm above the limit (clipped), and below it
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_clipping_inside_the_fused_step_equals_clip_then_step(scale, weight_decay):
+    """step_with_clipped_gradients applies clip_grad_norm_'s factor inside the fused AdamW kernel:
+    the same parameters, moments and clipped gradients (up to float rounding) over three steps."""
+    plain, fused = _params_with_grads(0, scale), _params_with_grads(0, scale)
+    opt_plain = torch.optim.AdamW(plain, lr=1e-2, weight_decay=weight_decay, fused=True)
+    opt_fused = torch.optim.AdamW(fused, lr=1e-2, weight_decay=weight_decay, fused=True)
+    for step in range(3):
+        for a, b, fresh in zip(plain, fused, _params_with_grads(step + 1, scale)):
+            a.grad, b.grad = fresh.grad.clone(), fresh.grad.clone()
+        norm = torch.nn.utils.clip_grad_norm_(plain, 1.0)
+        opt_plain.step()
+        assert torch.allclose(step_with_clipped_gradients(opt_fused, fused, 1.0), norm)
+        assert not hasattr(opt_fused, "grad_scale")  # the factor applies to this step only
+        for a, b in zip(plain, fused):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5)
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(opt_fused.state[b][key], opt_plain.state[a][key], atol=1e-6, rtol=1e-5)
+    if scale > 1:
+        assert norm > 1.0  # the case clipped

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 
 def accelerate_precision(precision: str, on_cpu: bool) -> str:
@@ -65,6 +66,9 @@ class Precision:
         skipped the update (inf/NaN gradients in float16: the scale is lowered and the step dropped)."""
         if self.own_scaler is not None:
             self.own_scaler.unscale_(optimizer)
+        if clip_norm is not None and self.scaler is None and _fused(optimizer) and self._whole_gradients():
+            step_with_clipped_gradients(_fused(optimizer), parameters, clip_norm)
+            return True
         if clip_norm is not None:
             self.accelerator.clip_grad_norm_(parameters, clip_norm)
         if self.own_scaler is None:
@@ -75,9 +79,40 @@ class Precision:
         self.own_scaler.update()
         return self.own_scaler.get_scale() >= scale
 
+    def _whole_gradients(self) -> bool:
+        """Each rank holds every parameter's whole gradient (one process or DDP), not a shard (FSDP,
+        DeepSpeed, whose own clipping accelerate calls)."""
+        return self.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                         DistributedType.MEGATRON_LM)
+
     def state_dict(self) -> Optional[Dict[str, Any]]:
         return self.scaler.state_dict() if self.scaler is not None else None
 
     def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
         if state and self.scaler is not None:
             self.scaler.load_state_dict(state)
+
+
+def _fused(optimizer: Any) -> Optional[torch.optim.Optimizer]:
+    """The torch optimizer inside ``optimizer`` (accelerate wraps it) when it is a fused Adam/AdamW."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    fused = isinstance(optimizer, torch.optim.Adam) and optimizer.defaults.get("fused")  # AdamW is an Adam
+    return optimizer if fused else None
+
+
+def step_with_clipped_gradients(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
+                                clip_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_(parameters, clip_norm)`` then ``optimizer.step()`` for a fused Adam/AdamW,
+    the clip factor applied inside the fused kernel: it divides each gradient by ``grad_scale`` as it
+    reads it, so the separate pass that multiplies every gradient by the factor (3-4% of a step at
+    ViT-B/32) is not made. The same update up to float rounding; returns the total norm."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    factor = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)  # clip_grad_norm_'s factor
+    optimizer.grad_scale = (1.0 / factor).to(torch.float32)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
+    return norm
