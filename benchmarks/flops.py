@@ -11,6 +11,11 @@ thread count and dtype). Both parts here:
   context, built and run on the ``meta`` device: shapes only, no memory, no time. This is the
   nominal model FLOPs of a CLIP training step, the same number for every tool that trains that
   model (a tool that skips padding tokens does less work and gets credit only through its speed).
+- :func:`executed_step_flops` counts what vlp's own training step performs on given captions: its
+  text tower runs only up to the batch's longest caption and its last blocks only for the pooled
+  token, so it performs fewer FLOPs than the nominal count. FLOPs executed per second over the peak
+  is the hardware FLOP utilisation (HFU): how busy the machine's matrix units really are, where
+  MFU (nominal FLOPs) also credits the work a tool avoids.
 - :func:`matmul_peak` times large square ``torch.matmul`` at the given dtype and thread count,
   best over operand layouts.
 """
@@ -70,6 +75,25 @@ def clip_step_flops(arch: Any, batch: int) -> Dict[str, Any]:
 
     counted = training_flops(step)
     counted.update(batch=batch, image_size=list(size), context_length=context)
+    return counted
+
+
+def executed_step_flops(arch: Any, texts: torch.Tensor, image_size: int) -> Dict[str, Any]:
+    """FLOPs of one vlp training step (DualEncoder forward + backward and the CLIP loss) on the token
+    ids ``texts`` [B, context] and B random images: what vlp executes (real CPU tensors; the trimmed
+    text length depends on the captions)."""
+    from vlp.losses.contrastive import clip_loss
+    from vlp.models.dual_encoder import DualEncoder
+
+    model = DualEncoder(arch).train()
+    images = torch.randn(texts.shape[0], 3, image_size, image_size)
+
+    def step() -> torch.Tensor:
+        out = model(images, texts)
+        return clip_loss(out["image_emb"], out["text_emb"], out["logit_scale"])
+
+    counted = training_flops(step)
+    counted.update(batch=int(texts.shape[0]), longest_caption=int(texts.argmax(dim=-1).max()) + 1)
     return counted
 
 

@@ -3,49 +3,63 @@ model FLOP utilisation (MFU) of each.
 
 Both commands train the same architecture from random init on the same shards (synth-shapes,
 built here once and reused), with the same batch, precision, schedule (AdamW lr 1e-3, betas
-0.9/0.98, eps 1e-6, weight decay 0.1, linear warmup then cosine to 0, grad clip 1.0), train crop
+0.9/0.98, eps 1e-6, weight decay 0.1, linear warmup over the first quarter of the steps then cosine
+to 0, grad clip 1.0), seed, train crop
 (random-resized, scale 0.9-1.0), torch threads and data workers; each logs every step, writes one
 final checkpoint and nothing else (no evaluation, no trackers, no plots). open_clip_train runs
 in the anchor environment ``.venv-anchor`` (webdataset<=0.2.86 and pandas over this project's
 environment; see benchmarks/anchor_env.py), through a two-line wrapper that registers our tiny
 model config with ``open_clip.add_model_config`` and then calls ``open_clip_train.main.main``.
 
-Points (``--points``; default: the first three):
+Points (``--points``; default: all four):
 
 - ``tiny_fp32``, ``tiny_bf16``: configs/tiny.yaml's ViT (width 192, 6 layers, 64 px) and text
-  tower (width 256, 4 layers, context 32), batch ``--batch`` (64).
+  tower (width 256, 4 layers, context 32), batch ``--batch`` (64), 40 steps, each pair of commands
+  run with ``--seeds`` seeds (3): a 40-step loss at lr 1e-3 moves by +-0.4 from seed to seed (and
+  either tool sometimes diverges and collapses to ln(batch)), so one seed cannot say whether two
+  final losses differ; the mean and standard deviation over seeds can.
 - ``vit_b32_fp32``, ``vit_b32_bf16``: open_clip's ViT-B-32 (224 px, context 77), batch
-  ``--vit-batch`` (16, so that a step takes seconds, not minutes, on 2 CPU cores).
+  ``--vit-batch`` (16, so that a step takes about a second, not minutes, on 2 CPU cores), 6 steps,
+  one seed: a speed point; its loss after 6 steps says nothing about training.
 
 bf16 is autocast in both (ours ``train.precision=bf16``, theirs ``--precision amp_bf16``). On a
 CPU without bf16 instructions (AVX2 only) bf16 matrix products are emulated and many times slower
-than fp32: ``vit_b32_bf16`` then takes minutes per step, so it is left out of the default set.
+than fp32: ``vit_b32_bf16`` then takes minutes per step (leave it out with ``--points``).
 
 Measured for each command, from its own log: samples/s in the steady state = batch x (steps after
 the first ``skip``) / (the sum of those steps' logged times) -- our run's metrics.jsonl
 ``samples_per_s`` (one line per step), open_clip_train's ``Train Epoch ... <samples/s>/s`` lines
 (one per step). A step's logged time runs from the end of the previous step to the end of this one,
-so it includes the wait for its batch in both. Also the wall time of the whole command, and how much
-of it lay outside the logged steps (start-up: imports, model, loader workers; the final checkpoint);
-every step's time is in the JSON (``ours_step_s``, ``anchor_step_s``) to judge the warm-up. The loss: the
-first step's (both near ln(batch) at random init) and the mean of the last steps' batch losses
-(equal samples seen).
+so it includes the wait for its batch in both. With several seeds, a tool's samples/s is the median
+over its runs. Also the wall time of the whole command, and how much of it lay outside the logged
+steps (start-up: imports, model, loader workers; the final checkpoint); every step's time of the
+first seed is in the JSON (``ours_step_s``, ``anchor_step_s``) to judge the warm-up. The loss: the
+first step's (both near ln(batch) at random init) and the mean of the last 5 steps' batch losses
+(equal samples seen), per seed, with their mean and standard deviation, and
+``final_loss_within_noise``: whether the two means differ by at most twice the standard error of
+their difference.
 
 MFU = model FLOPs per step x steps/s / matmul peak. Model FLOPs: one CLIP training step (both
 towers forward and backward, the contrastive loss) of the architecture at the batch, full text
 context, counted with ``torch.utils.flop_counter`` on open_clip's model (benchmarks/flops.py): the
 same number for both tools. (Ours runs the text tower only up to the batch's longest caption, so it
 does less work than that; the saving shows as speed, and its MFU, like its samples/s, credits it.)
+HFU (hardware FLOP utilisation) = the FLOPs a step really executes x steps/s / peak: for ours, counted
+on vlp's own step with the shards' first ``batch`` captions (benchmarks/flops.py
+``executed_step_flops``: trimmed text, last blocks for the pooled token only), for open_clip_train
+the nominal count (it executes the full context). MFU credits the work ours avoids (and can pass
+100% in fp32); HFU says how busy the matrix units are.
 Peak: the best rate of square ``torch.matmul`` (512 up to 4096, as far as a call stays short; the
 best of three operand layouts, since a CPU's bf16 kernel can be ten times faster in one) in the
 point's dtype with the same thread count, measured here before the runs.
 
-    python benchmarks/train_throughput.py                       # default points, under 10 minutes on 2 cores
-    python benchmarks/train_throughput.py --points tiny_fp32 --steps 5 --skip 1   # smoke
-    python benchmarks/train_throughput.py --points vit_b32_bf16 # slow on CPUs without bf16 units
+    python benchmarks/train_throughput.py                       # all points, under 10 minutes on 2 cores
+    python benchmarks/train_throughput.py --points tiny_fp32 --steps 5 --skip 1 --seeds 1   # smoke
+    python benchmarks/train_throughput.py --points tiny_fp32 tiny_bf16 vit_b32_fp32   # a CPU without bf16 units
 
 Last line: one JSON object: per point ``{ours_samples_per_s, anchor_samples_per_s, ratio, ours_mfu,
-anchor_mfu, ours_final_loss, anchor_final_loss, model_gflop_per_step, wall times, ...}``,
+anchor_mfu, ours_hfu, ours_final_loss, anchor_final_loss (means), ..._final_loss_std,
+..._final_losses (per seed), final_loss_within_noise, model_gflop_per_step, wall times, ...}``,
 ``matmul_peak`` per dtype, ``threads``, ``workers`` and ``ratio`` = the smallest of the points'
 ratios (ours / anchor samples/s; above 1: ours is faster).
 """
@@ -58,6 +72,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -86,11 +101,12 @@ class Point:
 
 POINTS = {
     "tiny_fp32": Point("tiny", "fp32", steps=40, skip=8),
-    "tiny_bf16": Point("tiny", "bf16", steps=4, skip=1),
-    "vit_b32_fp32": Point("vit_b32", "fp32", steps=3, skip=1),
-    "vit_b32_bf16": Point("vit_b32", "bf16", steps=3, skip=1),
+    "tiny_bf16": Point("tiny", "bf16", steps=40, skip=8),
+    "vit_b32_fp32": Point("vit_b32", "fp32", steps=6, skip=2),
+    "vit_b32_bf16": Point("vit_b32", "bf16", steps=6, skip=2),
 }
-DEFAULT_POINTS = ["tiny_fp32", "tiny_bf16", "vit_b32_fp32"]
+DEFAULT_POINTS = list(POINTS)
+LOSS_WINDOW = 5  # the final loss: mean of the last steps' batch losses
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -134,16 +150,16 @@ def write_anchor_model_config(work: Path) -> Path:
 
 
 def commands(point: Point, name: str, batch: int, args: argparse.Namespace, shards: Path,
-             anchor_python: Path, model_configs: Path) -> Tuple[List[str], List[str], Path, Path]:
+             anchor_python: Path, model_configs: Path, seed: int = 0) -> Tuple[List[str], List[str], Path, Path]:
     """(ours, anchor) command lines for ``point`` and where each writes its per-step log."""
-    warmup = max(1, point.steps // 10)
+    warmup = max(1, point.steps // 4)
     tars = sorted(p.name for p in shards.glob("shard-*.tar"))
     pattern = str(shards / f"shard-{{{tars[0][6:12]}..{tars[-1][6:12]}}}.tar")
     ours = [sys.executable, "train.py", "--config", TINY_CONFIG, f"data.train_shards={shards}",
             f"data.workers={args.workers}", "data.resize_scale=[0.9,1.0]", f"train.steps={point.steps}",
             f"train.batch_size={batch}", f"train.precision={point.precision}", f"train.threads={args.threads}",
             "train.log_every=1", f"train.checkpoint_every={point.steps}", f"train.output_dir={args.work / 'runs'}",
-            f"train.run_name={name}", "train.report_to=none", "train.plot=false", "train.seed=0", "eval.at_end=false",
+            f"train.run_name={name}", "train.report_to=none", "train.plot=false", f"train.seed={seed}", "eval.at_end=false",
             f"optim.lr={args.lr}", f"optim.warmup_steps={warmup}"]
     if point.model == "vit_b32":
         ours.append("model.arch=ViT-B-32")
@@ -154,7 +170,7 @@ def commands(point: Point, name: str, batch: int, args: argparse.Namespace, shar
               "--epochs", "1", "--lr", str(args.lr), "--wd", "0.1", "--beta1", "0.9", "--beta2", "0.98",
               "--eps", "1e-6", "--warmup", str(warmup), "--grad-clip-norm", "1.0", "--save-frequency", "0",
               "--report-to", "", "--logs", str(args.work / "anchor-logs"), "--name", name,
-              "--log-every-n-steps", "1", "--seed", "0"]
+              "--log-every-n-steps", "1", "--seed", str(seed)]
     return ours, anchor, args.work / "runs" / name / "metrics.jsonl", args.work / "anchor-logs" / name / "out.log"
 
 
@@ -194,35 +210,90 @@ def anchor_steps(log: Path, batch: int) -> List[Tuple[int, float, float]]:
 
 
 def summarise(rows: List[Tuple[int, float, float]], steps: int, skip: int, batch: int, wall: float,
-              loss_window: int, who: str) -> Dict[str, Any]:
+              who: str) -> Dict[str, Any]:
     if [r[0] for r in rows] != list(range(1, steps + 1)):
         sys.exit(f"{who}: expected one log line per step 1..{steps}, got steps {[r[0] for r in rows]}")
     steady = rows[skip:]
     seconds = sum(r[1] for r in steady)
-    last = rows[-loss_window:]
+    last = rows[-min(LOSS_WINDOW, steps):]
     return {"samples_per_s": batch * len(steady) / seconds, "step_s": [round(r[1], 3) for r in rows],
             "first_loss": rows[0][2], "final_loss": sum(r[2] for r in last) / len(last),
             "wall_s": wall, "outside_steps_s": wall - sum(r[1] for r in rows)}
 
 
-def measure_point(name: str, point: Point, index: int, args: argparse.Namespace, shards: Path,
+def measure_point(name: str, point: Point, index: int, seeds: int, args: argparse.Namespace, shards: Path,
                   anchor_python: Path, model_configs: Path) -> Dict[str, Any]:
+    """Both commands at ``point`` for seeds 0..seeds-1 (alternating which goes first): per tool the
+    median samples/s, the first seed's step times and wall times, every seed's final loss."""
     batch = args.batch if point.model == "tiny" else args.vit_batch
-    ours_cmd, anchor_cmd, ours_log, anchor_log = commands(point, name, batch, args, shards, anchor_python,
-                                                          model_configs)
-    shutil.rmtree(ours_log.parent, ignore_errors=True)
-    shutil.rmtree(anchor_log.parent, ignore_errors=True)
-    loss_window = max(1, min(5, point.steps // 8))
-    figures = {}
-    for who in (("ours", "anchor") if index % 2 == 0 else ("anchor", "ours")):
-        cmd = ours_cmd if who == "ours" else anchor_cmd
-        print(f"{name}: {who}: {' '.join(cmd[:2] if who == 'ours' else cmd[:1])} ...", file=sys.stderr, flush=True)
-        wall = run_command(cmd, args.work / "logs" / f"{name}-{who}.log", args.threads)
-        rows = ours_steps(ours_log, batch) if who == "ours" else anchor_steps(anchor_log, batch)
-        figures[who] = summarise(rows, point.steps, point.skip, batch, wall, loss_window, f"{name} {who}")
-    return {"batch": batch, "steps": point.steps, "skip": point.skip, "final_loss_steps": loss_window,
-            "precision": point.precision, "model": point.model, **{f"{who}_{k}": v for who in ("ours", "anchor")
-                                                                     for k, v in figures[who].items()}}
+    runs: Dict[str, List[Dict[str, Any]]] = {"ours": [], "anchor": []}
+    for seed in range(seeds):
+        run_name = name if seed == 0 else f"{name}-seed{seed}"
+        ours_cmd, anchor_cmd, ours_log, anchor_log = commands(point, run_name, batch, args, shards, anchor_python,
+                                                              model_configs, seed)
+        shutil.rmtree(ours_log.parent, ignore_errors=True)
+        shutil.rmtree(anchor_log.parent, ignore_errors=True)
+        for who in (("ours", "anchor") if (index + seed) % 2 == 0 else ("anchor", "ours")):
+            cmd = ours_cmd if who == "ours" else anchor_cmd
+            print(f"{name} seed {seed}: {who} ...", file=sys.stderr, flush=True)
+            wall = run_command(cmd, args.work / "logs" / f"{run_name}-{who}.log", args.threads)
+            rows = ours_steps(ours_log, batch) if who == "ours" else anchor_steps(anchor_log, batch)
+            runs[who].append(summarise(rows, point.steps, point.skip, batch, wall, f"{name} {who} seed {seed}"))
+    figures: Dict[str, Any] = {"batch": batch, "steps": point.steps, "skip": point.skip, "seeds": seeds,
+                               "final_loss_steps": min(LOSS_WINDOW, point.steps), "precision": point.precision,
+                               "model": point.model}
+    for who, seen in runs.items():
+        losses = [r["final_loss"] for r in seen]
+        figures.update({f"{who}_samples_per_s": statistics.median(r["samples_per_s"] for r in seen),
+                        f"{who}_final_losses": [round(x, 4) for x in losses],
+                        f"{who}_final_loss": statistics.fmean(losses),
+                        f"{who}_final_loss_std": statistics.stdev(losses) if len(losses) > 1 else None,
+                        **{f"{who}_{k}": seen[0][k] for k in ("step_s", "first_loss", "wall_s", "outside_steps_s")}})
+    if seeds > 1:  # the difference of the means against twice its standard error
+        error = math.sqrt((figures["ours_final_loss_std"] ** 2 + figures["anchor_final_loss_std"] ** 2) / seeds)
+        figures["final_loss_within_noise"] = abs(figures["ours_final_loss"] - figures["anchor_final_loss"]) <= 2 * error
+    return figures
+
+
+def first_captions(shards: Path, count: int, context: int) -> "torch.Tensor":
+    """Token ids [count, context] of the first ``count`` captions of the shards (in shard order)."""
+    import tarfile
+
+    from vlp.data.tokenizers import build_tokenizer
+
+    captions: List[str] = []
+    for tar in sorted(shards.glob("shard-*.tar")):
+        with tarfile.open(tar) as archive:
+            for member in archive:
+                if member.name.endswith(".txt") and len(captions) < count:
+                    captions.append(archive.extractfile(member).read().decode())
+        if len(captions) == count:
+            break
+    return build_tokenizer("open_clip", context)(captions)
+
+
+def point_result(figures: Dict[str, Any], arch: Any, shards: Path, peak: Dict[str, Any]) -> Dict[str, Any]:
+    """One point's JSON entry: speeds, their ratio, MFU (nominal FLOPs), ours' HFU (executed FLOPs), losses."""
+    from flops import clip_step_flops, executed_step_flops
+
+    batch = figures["batch"]
+    nominal = clip_step_flops(arch, batch)
+    texts = first_captions(shards, batch, nominal["context_length"])
+    executed = executed_step_flops(arch, texts, nominal["image_size"][0])["total"]
+    rate = peak["flop_per_s"] * batch  # FLOP/s at full peak, per sample/s
+    per_tool = {f"{who}_{k}": round(figures[f"{who}_{k}"], 4 if "loss" in k else 2)
+                for who in ("ours", "anchor") for k in ("samples_per_s", "final_loss", "first_loss")}
+    return {
+        **per_tool, "ratio": round(figures["ours_samples_per_s"] / figures["anchor_samples_per_s"], 3),
+        "ours_mfu": round(nominal["total"] * figures["ours_samples_per_s"] / rate, 4),
+        "anchor_mfu": round(nominal["total"] * figures["anchor_samples_per_s"] / rate, 4),
+        "ours_hfu": round(executed * figures["ours_samples_per_s"] / rate, 4),
+        "model_gflop_per_step": round(nominal["total"] / 1e9, 3), "ours_executed_gflop_per_step": round(executed / 1e9, 3),
+        **{k: figures[k] for k in ("model", "precision", "batch", "steps", "skip", "seeds", "final_loss_steps")},
+        **{k: figures[k] for k in figures if k.endswith(("final_losses", "final_loss_std", "within_noise"))},
+        **{f"{who}_{k}": round(figures[f"{who}_{k}"], 1) for who in ("ours", "anchor") for k in ("wall_s", "outside_steps_s")},
+        **{f"{who}_step_s": figures[f"{who}_step_s"] for who in ("ours", "anchor")},
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -236,6 +307,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vit-batch", type=int, default=16, help="batch of the ViT-B/32 points")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both commands and of the peak")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers of both commands")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of each tiny point (the ViT-B/32 points run one)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--samples", type=int, help="training samples in the shard set (default: enough for one "
                         "pass of the longest point, at least 2000)")
@@ -266,7 +338,7 @@ def main() -> None:
 
     import torch
 
-    from flops import clip_step_flops, matmul_peak
+    from flops import matmul_peak
 
     started = time.perf_counter()
     points = chosen_points(args)
@@ -291,31 +363,17 @@ def main() -> None:
     summary: Dict[str, Any] = {"benchmark": "train_throughput", "threads": args.threads, "workers": args.workers,
                                "samples_in_shards": samples, "cpus": os.cpu_count(), "device": "cpu"}
     for index, (name, point) in enumerate(points.items()):
-        figures = measure_point(name, point, index, args, shards, anchor_python, model_configs)
-        step_flops = clip_step_flops(archs[point.model], figures["batch"])["total"]
-        peak = peaks[DTYPES[point.precision]]["flop_per_s"]
-        result = {
-            "ours_samples_per_s": round(figures["ours_samples_per_s"], 2),
-            "anchor_samples_per_s": round(figures["anchor_samples_per_s"], 2),
-            "ratio": round(figures["ours_samples_per_s"] / figures["anchor_samples_per_s"], 3),
-            "ours_mfu": round(step_flops * figures["ours_samples_per_s"] / figures["batch"] / peak, 4),
-            "anchor_mfu": round(step_flops * figures["anchor_samples_per_s"] / figures["batch"] / peak, 4),
-            "ours_final_loss": round(figures["ours_final_loss"], 4),
-            "anchor_final_loss": round(figures["anchor_final_loss"], 4),
-            "ours_first_loss": round(figures["ours_first_loss"], 4),
-            "anchor_first_loss": round(figures["anchor_first_loss"], 4),
-            "model_gflop_per_step": round(step_flops / 1e9, 3),
-            **{k: figures[k] for k in ("model", "precision", "batch", "steps", "skip", "final_loss_steps")},
-            **{f"{who}_{k}": round(figures[f"{who}_{k}"], 1) for who in ("ours", "anchor")
-               for k in ("wall_s", "outside_steps_s")},
-            **{f"{who}_step_s": figures[f"{who}_step_s"] for who in ("ours", "anchor")},
-        }
-        summary[name] = result
-        print(f"{name}: ours {result['ours_samples_per_s']:.1f} samples/s (MFU {result['ours_mfu']:.1%}, "
-              f"{result['ours_wall_s']:.0f} s whole), open_clip_train {result['anchor_samples_per_s']:.1f} samples/s "
-              f"(MFU {result['anchor_mfu']:.1%}, {result['anchor_wall_s']:.0f} s whole), ratio {result['ratio']}; "
-              f"loss after {point.steps} steps: ours {result['ours_final_loss']:.3f}, "
-              f"open_clip_train {result['anchor_final_loss']:.3f}", flush=True)
+        seeds = args.seeds if point.model == "tiny" else 1
+        figures = measure_point(name, point, index, seeds, args, shards, anchor_python, model_configs)
+        summary[name] = result = point_result(figures, archs[point.model], shards, peaks[DTYPES[point.precision]])
+        loss = {who: f"{result[f'{who}_final_loss']:.3f}" + (f" +- {result[f'{who}_final_loss_std']:.3f}"
+                                                              if seeds > 1 else "") for who in ("ours", "anchor")}
+        print(f"{name}: ours {result['ours_samples_per_s']:.1f} samples/s (MFU {result['ours_mfu']:.1%}, HFU "
+              f"{result['ours_hfu']:.1%}, {result['ours_wall_s']:.0f} s whole), open_clip_train "
+              f"{result['anchor_samples_per_s']:.1f} samples/s (MFU {result['anchor_mfu']:.1%}, "
+              f"{result['anchor_wall_s']:.0f} s whole), ratio {result['ratio']}; loss after {point.steps} steps "
+              f"({seeds} seed(s)): ours {loss['ours']}, open_clip_train {loss['anchor']}"
+              + (f", within noise: {result['final_loss_within_noise']}" if seeds > 1 else ""), flush=True)
     summary["matmul_peak"] = {k: {key: v[key] for key in ("gflop_per_s", "size", "layout", "sizes_tried")}
                               for k, v in peaks.items()}
     summary["ratio"] = min(summary[name]["ratio"] for name in points)
