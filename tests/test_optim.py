@@ -91,3 +91,22 @@ def test_clipping_inside_the_fused_step_equals_clip_then_step(scale, weight_deca
                 torch.testing.assert_close(opt_fused.state[b][key], opt_plain.state[a][key], atol=1e-6, rtol=1e-5)
     if scale > 1:
         assert norm > 1.0  # the case clipped
+
+
+def test_the_training_step_clips_inside_the_fused_kernel_through_accelerates_wrapper(monkeypatch):
+    """Precision.step on accelerate's AcceleratedOptimizer takes the folded path (accelerate's
+    clip_grad_norm_, the separate multiply pass, is not called) with the clip-then-step result."""
+    from accelerate import Accelerator
+
+    from vlp.train.precision import Precision
+
+    accelerator = Accelerator(cpu=True)
+    reference, model = _params_with_grads(0, 10.0), nn.ParameterList(_params_with_grads(0, 10.0))
+    opt_reference = torch.optim.AdamW(reference, lr=1e-2, fused=True)
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True))
+    monkeypatch.setattr(accelerator, "clip_grad_norm_", lambda *a, **k: pytest.fail("the unfolded path ran"))
+    assert Precision(accelerator, "fp32").step(optimizer, model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(reference, 1.0)
+    opt_reference.step()
+    for a, b in zip(reference, model.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)

@@ -66,8 +66,8 @@ class Precision:
         skipped the update (inf/NaN gradients in float16: the scale is lowered and the step dropped)."""
         if self.own_scaler is not None:
             self.own_scaler.unscale_(optimizer)
-        if clip_norm is not None and self.scaler is None and _fused(optimizer) and self._whole_gradients():
-            step_with_clipped_gradients(_fused(optimizer), parameters, clip_norm)
+        if clip_norm is not None and self.scaler is None and fused_adam(optimizer) and self._whole_gradients():
+            step_with_clipped_gradients(optimizer, parameters, clip_norm)
             return True
         if clip_norm is not None:
             self.accelerator.clip_grad_norm_(parameters, clip_norm)
@@ -93,26 +93,31 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def _fused(optimizer: Any) -> Optional[torch.optim.Optimizer]:
-    """The torch optimizer inside ``optimizer`` (accelerate wraps it) when it is a fused Adam/AdamW."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+def fused_adam(optimizer: Any) -> Optional[torch.optim.Optimizer]:
+    """The torch optimizer inside ``optimizer`` (accelerate's AcceleratedOptimizer wraps it) when it
+    is a fused Adam/AdamW, else None."""
+    while getattr(optimizer, "optimizer", optimizer) is not optimizer:
         optimizer = optimizer.optimizer
     fused = isinstance(optimizer, torch.optim.Adam) and optimizer.defaults.get("fused")  # AdamW is an Adam
     return optimizer if fused else None
 
 
-def step_with_clipped_gradients(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
+def step_with_clipped_gradients(optimizer: Any, parameters: Iterable[torch.nn.Parameter],
                                 clip_norm: float) -> torch.Tensor:
-    """``clip_grad_norm_(parameters, clip_norm)`` then ``optimizer.step()`` for a fused Adam/AdamW,
-    the clip factor applied inside the fused kernel: it divides each gradient by ``grad_scale`` as it
-    reads it, so the separate pass that multiplies every gradient by the factor (3-4% of a step at
-    ViT-B/32) is not made. The same update up to float rounding; returns the total norm."""
+    """``clip_grad_norm_(parameters, clip_norm)`` then ``optimizer.step()`` for a fused Adam/AdamW
+    (or accelerate's wrapper of one), the clip factor applied inside the fused kernel: it divides
+    each gradient by ``grad_scale`` as it reads it, so the separate pass that multiplies every
+    gradient by the factor (3-4% of a step at ViT-B/32) is not made. The same update up to float
+    rounding; returns the total norm."""
+    inner = fused_adam(optimizer)
+    if inner is None:
+        raise TypeError(f"step_with_clipped_gradients needs a fused Adam/AdamW, got {type(optimizer).__name__}")
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads, foreach=True)
     factor = torch.clamp(clip_norm / (norm + 1e-6), max=1.0)  # clip_grad_norm_'s factor
-    optimizer.grad_scale = (1.0 / factor).to(torch.float32)
+    inner.grad_scale = (1.0 / factor).to(torch.float32)
     try:
         optimizer.step()
     finally:
-        del optimizer.grad_scale
+        del inner.grad_scale
     return norm
