@@ -37,7 +37,7 @@ first seed is in the JSON (``ours_step_s``, ``anchor_step_s``) to judge the warm
 first step's (both near ln(batch) at random init) and the mean of the last 5 steps' batch losses
 (equal samples seen), per seed, with their mean and standard deviation, and
 ``final_loss_within_noise``: whether the two means differ by at most twice the standard error of
-their difference.
+their difference (``final_loss_not_worse``: whether ours is at most that much above).
 
 MFU = model FLOPs per step x steps/s / matmul peak. Model FLOPs: one CLIP training step (both
 towers forward and backward, the contrastive loss) of the architecture at the batch, full text
@@ -251,7 +251,8 @@ def measure_point(name: str, point: Point, index: int, seeds: int, args: argpars
                         **{f"{who}_{k}": seen[0][k] for k in ("step_s", "first_loss", "wall_s", "outside_steps_s")}})
     if seeds > 1:  # the difference of the means against twice its standard error
         error = math.sqrt((figures["ours_final_loss_std"] ** 2 + figures["anchor_final_loss_std"] ** 2) / seeds)
-        figures["final_loss_within_noise"] = abs(figures["ours_final_loss"] - figures["anchor_final_loss"]) <= 2 * error
+        difference = figures["ours_final_loss"] - figures["anchor_final_loss"]
+        figures.update(final_loss_within_noise=abs(difference) <= 2 * error, final_loss_not_worse=difference <= 2 * error)
     return figures
 
 
@@ -290,7 +291,7 @@ def point_result(figures: Dict[str, Any], arch: Any, shards: Path, peak: Dict[st
         "ours_hfu": round(executed * figures["ours_samples_per_s"] / rate, 4),
         "model_gflop_per_step": round(nominal["total"] / 1e9, 3), "ours_executed_gflop_per_step": round(executed / 1e9, 3),
         **{k: figures[k] for k in ("model", "precision", "batch", "steps", "skip", "seeds", "final_loss_steps")},
-        **{k: figures[k] for k in figures if k.endswith(("final_losses", "final_loss_std", "within_noise"))},
+        **{k: figures[k] for k in figures if k.endswith(("final_losses", "final_loss_std", "within_noise", "not_worse"))},
         **{f"{who}_{k}": round(figures[f"{who}_{k}"], 1) for who in ("ours", "anchor") for k in ("wall_s", "outside_steps_s")},
         **{f"{who}_step_s": figures[f"{who}_step_s"] for who in ("ours", "anchor")},
     }
@@ -373,7 +374,8 @@ def main() -> None:
               f"{result['anchor_samples_per_s']:.1f} samples/s (MFU {result['anchor_mfu']:.1%}, "
               f"{result['anchor_wall_s']:.0f} s whole), ratio {result['ratio']}; loss after {point.steps} steps "
               f"({seeds} seed(s)): ours {loss['ours']}, open_clip_train {loss['anchor']}"
-              + (f", within noise: {result['final_loss_within_noise']}" if seeds > 1 else ""), flush=True)
+              + (f", within noise: {result['final_loss_within_noise']}, not worse: {result['final_loss_not_worse']}"
+                 if seeds > 1 else ""), flush=True)
     summary["matmul_peak"] = {k: {key: v[key] for key in ("gflop_per_s", "size", "layout", "sizes_tried")}
                               for k, v in peaks.items()}
     summary["ratio"] = min(summary[name]["ratio"] for name in points)
