@@ -326,7 +326,9 @@ def chosen_points(args: argparse.Namespace) -> Dict[str, Point]:
         steps = math.ceil(steps / args.workers) * args.workers  # open_clip_train runs whole batches per worker
         if args.skip is not None:
             skip = args.skip
-        else:  # the point's own, or a quarter of a shorter run (--steps)
+        elif steps >= base.steps:  # the point's own
+            skip = base.skip
+        else:  # a shorter run (--steps): at most a quarter of it
             skip = min(base.skip, max(1, steps // 4)) if steps > 1 else 0
         if not 0 <= skip < steps:
             sys.exit(f"--skip must be in [0, steps) (steps {steps} for {name})")
