@@ -11,16 +11,19 @@ in the anchor environment ``.venv-anchor`` (webdataset<=0.2.86 and pandas over t
 environment; see benchmarks/anchor_env.py), through a two-line wrapper that registers our tiny
 model config with ``open_clip.add_model_config`` and then calls ``open_clip_train.main.main``.
 
-Points (``--points``; default: all four):
+Points (``--points``; default: all five):
 
 - ``tiny_fp32``, ``tiny_bf16``: configs/tiny.yaml's ViT (width 192, 6 layers, 64 px) and text
-  tower (width 256, 4 layers, context 32), batch ``--batch`` (64), 40 steps, each pair of commands
-  run with ``--seeds`` seeds (3): a 40-step loss at lr 1e-3 moves by +-0.4 from seed to seed (and
+  tower (width 256, 4 layers, context 32), batch ``--batch`` (64), 30 steps, each pair of commands
+  run with ``--seeds`` seeds (3): a 30-step loss at lr 1e-3 moves by +-0.4 from seed to seed (and
   either tool sometimes diverges and collapses to ln(batch)), so one seed cannot say whether two
   final losses differ; the mean and standard deviation over seeds can.
 - ``vit_b32_fp32``, ``vit_b32_bf16``: open_clip's ViT-B-32 (224 px, context 77), batch
-  ``--vit-batch`` (16, so that a step takes about a second, not minutes, on 2 CPU cores), 6 steps,
-  one seed: a speed point; its loss after 6 steps says nothing about training.
+  ``--vit-batch`` (16, so that a step takes about a second, not minutes, on 2 CPU cores), 5 steps,
+  one seed: a speed point; its loss after 5 steps says nothing about training.
+- ``vit_b32_bf16_b64``: the same at batch 64, 4 steps: per-step costs that do not grow with the
+  batch (AdamW's pass over 151M float32 weights and moments, the weights' bf16 casts) weigh less,
+  so it shows the bf16 utilisation at a batch nearer real training (256+ per device).
 
 bf16 is autocast in both (ours ``train.precision=bf16``, theirs ``--precision amp_bf16``). On a
 CPU without bf16 instructions (AVX2 only) bf16 matrix products are emulated and many times slower
@@ -97,13 +100,15 @@ class Point:
     precision: str  # "fp32" or "bf16"
     steps: int
     skip: int
+    batch: int = 0  # 0: --batch (tiny) or --vit-batch (ViT-B/32)
 
 
 POINTS = {
-    "tiny_fp32": Point("tiny", "fp32", steps=40, skip=8),
-    "tiny_bf16": Point("tiny", "bf16", steps=40, skip=8),
-    "vit_b32_fp32": Point("vit_b32", "fp32", steps=6, skip=2),
-    "vit_b32_bf16": Point("vit_b32", "bf16", steps=6, skip=2),
+    "tiny_fp32": Point("tiny", "fp32", steps=30, skip=6),
+    "tiny_bf16": Point("tiny", "bf16", steps=30, skip=6),
+    "vit_b32_fp32": Point("vit_b32", "fp32", steps=5, skip=2),
+    "vit_b32_bf16": Point("vit_b32", "bf16", steps=5, skip=2),
+    "vit_b32_bf16_b64": Point("vit_b32", "bf16", steps=4, skip=2, batch=64),
 }
 DEFAULT_POINTS = list(POINTS)
 LOSS_WINDOW = 5  # the final loss: mean of the last steps' batch losses
@@ -225,7 +230,7 @@ def measure_point(name: str, point: Point, index: int, seeds: int, args: argpars
                   anchor_python: Path, model_configs: Path) -> Dict[str, Any]:
     """Both commands at ``point`` for seeds 0..seeds-1 (alternating which goes first): per tool the
     median samples/s, the first seed's step times and wall times, every seed's final loss."""
-    batch = args.batch if point.model == "tiny" else args.vit_batch
+    batch = point_batch(point, args)
     runs: Dict[str, List[Dict[str, Any]]] = {"ours": [], "anchor": []}
     for seed in range(seeds):
         run_name = name if seed == 0 else f"{name}-seed{seed}"
@@ -297,6 +302,10 @@ def point_result(figures: Dict[str, Any], arch: Any, shards: Path, peak: Dict[st
     }
 
 
+def point_batch(point: Point, args: argparse.Namespace) -> int:
+    return point.batch or (args.batch if point.model == "tiny" else args.vit_batch)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", nargs="+", choices=list(POINTS), default=DEFAULT_POINTS)
@@ -332,7 +341,7 @@ def chosen_points(args: argparse.Namespace) -> Dict[str, Point]:
             skip = min(base.skip, max(1, steps // 4)) if steps > 1 else 0
         if not 0 <= skip < steps:
             sys.exit(f"--skip must be in [0, steps) (steps {steps} for {name})")
-        points[name] = Point(base.model, base.precision, steps, skip)
+        points[name] = Point(base.model, base.precision, steps, skip, base.batch)
     return points
 
 
@@ -345,7 +354,7 @@ def main() -> None:
 
     started = time.perf_counter()
     points = chosen_points(args)
-    needed = max(p.steps * (args.batch if p.model == "tiny" else args.vit_batch) for p in points.values())
+    needed = max(p.steps * point_batch(p, args) for p in points.values())
     chunk = SHARD_SAMPLES * args.workers  # every loader worker of the anchor gets whole shards alike
     samples = args.samples or chunk * math.ceil(max(needed * 1.1, 2000) / chunk)
     if samples < needed:
@@ -358,7 +367,7 @@ def main() -> None:
     peaks = {}
     for precision in sorted({p.precision for p in points.values()}):
         dtype = DTYPES[precision]
-        peaks[dtype] = matmul_peak(getattr(torch, dtype), args.threads)
+        peaks[dtype] = matmul_peak(getattr(torch, dtype), args.threads, repeats=3)
         print(f"matmul peak {dtype}: {peaks[dtype]['gflop_per_s']} GFLOP/s (n={peaks[dtype]['size']}, "
               f"{args.threads} threads)", file=sys.stderr, flush=True)
     archs = {"tiny": tiny_arch(), "vit_b32": "ViT-B-32"}
