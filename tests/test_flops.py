@@ -77,3 +77,38 @@ def test_matmul_peak_reports_a_rate():
     peak = matmul_peak(torch.float32, threads=1, sizes=(32, 64), repeats=1)
     assert peak["flop_per_s"] > 0 and peak["size"] in (32, 64) and peak["sizes_tried"][0] == 32
     assert peak["dtype"] == "float32" and peak["threads"] == 1 and peak["layout"] in ("nn", "nt", "tn")
+
+
+def _hand_count_executed(arch: dict, batch: int, length: int) -> int:
+    """What vlp's step executes: text up to ``length`` tokens; each tower's last block for one row
+    per sample (keys and values over every token: 2 * 2 N d^2 forward; the query, output
+    projection and MLP for one row: 2 d^2 + 2 d^2 + 16 d^2; attention for one query: 4 N d)."""
+    v, t, embed = arch["vision_cfg"], arch["text_cfg"], arch["embed_dim"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+
+    def tower(tokens: int, width: int, layers: int) -> int:
+        full = (layers - 1) * (24 * tokens * width ** 2 + 4 * tokens ** 2 * width)
+        last = 4 * tokens * width ** 2 + 20 * width ** 2 + 4 * tokens * width
+        return 3 * batch * (full + last)
+
+    patch_embed = 2 * 2 * batch * patches * 3 * v["patch_size"] ** 2 * v["width"]  # no gradient for pixels
+    projections = 3 * 2 * batch * (v["width"] + t["width"]) * embed
+    loss = 3 * 2 * 2 * batch * batch * embed
+    return (patch_embed + tower(patches + 1, v["width"], v["layers"]) + tower(length, t["width"], t["layers"])
+            + projections + loss)
+
+
+@pytest.mark.parametrize("longest", [4, 10])
+def test_executed_step_counts_the_trimmed_text_and_one_row_of_each_last_block(longest):
+    """executed_step_flops counts vlp's own step: the text only up to the batch's longest caption
+    (the context is 10), the last blocks for the class / end-of-text token alone."""
+    from flops import executed_step_flops
+
+    texts = torch.zeros(3, 10, dtype=torch.long)
+    for row, length in enumerate([2, longest, 3]):
+        texts[row, :length - 1] = torch.arange(1, length)
+        texts[row, length - 1] = 99  # the end token: the largest id, where open_clip's CLIP pools
+    counted = executed_step_flops(ARCH, texts, 32)
+    assert counted["longest_caption"] == longest
+    assert counted["total"] == _hand_count_executed(ARCH, 3, longest)
+    assert counted["total"] < clip_step_flops(ARCH, 3)["total"]
