@@ -46,7 +46,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
     return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
 
 
-def _has_hooks(module: nn.Module) -> bool:
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` (or every module, globally) has forward hooks: then a forward that reads its
+    weights without calling it could miss what the hooks do (FSDP, ZeRO-3 gather parameters there)."""
     return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
                 or nn.modules.module._global_forward_pre_hooks)
 
@@ -66,7 +68,7 @@ def supports_block_forward(block: nn.Module) -> bool:
     if attn.bias_k is not None or attn.add_zero_attn or attn.dropout or type(attn.out_proj) not in _STOCK_LINEAR:
         return False
     # the forward reads attn's weights without calling attn: hooks that gather them (ZeRO-3) need its own call
-    return not any(_has_hooks(module) for module in (block, attn, attn.out_proj))
+    return not any(has_forward_hooks(module) for module in (block, attn, attn.out_proj))
 
 
 def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

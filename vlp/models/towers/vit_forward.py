@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlp.models.towers.blocks import _has_hooks, run_blocks
+from vlp.models.towers.blocks import has_forward_hooks, run_blocks
 
 _POOLS = ("tok", "avg", "none")
 
@@ -47,7 +47,7 @@ def supports_fast_forward(visual: nn.Module) -> bool:
         return False
     # the stem reads the convolution's weight without calling it (hooks that gather it, as
     # DeepSpeed ZeRO-3's, need its own call); the blocks check their own hooks
-    return not _has_hooks(visual) and not _has_hooks(conv)
+    return not has_forward_hooks(visual) and not has_forward_hooks(conv)
 
 
 def patch_embed(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
