@@ -21,10 +21,12 @@ leave them) runs through its own ``forward``; ``last_rows`` then picks the rows 
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -58,8 +60,6 @@ _STOCK_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 def supports_block_forward(block: nn.Module) -> bool:
     """True when :func:`block_forward` computes what ``block(x, attn_mask=mask)`` computes."""
-    from open_clip.transformer import ResidualAttentionBlock
-
     if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
         return False
     attn = getattr(block, "attn", None)
@@ -115,13 +115,16 @@ def run_blocks(transformer: nn.Module, x: torch.Tensor, attn_mask: Optional[torc
     blocks = list(transformer.resblocks)
     checkpointing = bool(getattr(transformer, "grad_checkpointing", False)) and torch.is_grad_enabled()
     for i, block in enumerate(blocks):
-        rows = last_rows if i == len(blocks) - 1 else None
-        if supports_block_forward(block):
-            def step(h: torch.Tensor, block: nn.Module = block, rows: Optional[torch.Tensor] = rows) -> torch.Tensor:
-                return block_forward(block, h, attn_mask, rows)
-        else:
-            def step(h: torch.Tensor, block: nn.Module = block, rows: Optional[torch.Tensor] = rows) -> torch.Tensor:
-                h = block(h, attn_mask=attn_mask)
-                return h if rows is None else take_rows(h, rows)
+        step = functools.partial(_one_block, block, attn_mask, last_rows if i == len(blocks) - 1 else None)
         x = checkpoint(step, x, use_reentrant=False) if checkpointing else step(x)
     return x
+
+
+def _one_block(block: nn.Module, attn_mask: Optional[torch.Tensor], rows: Optional[torch.Tensor],
+               x: torch.Tensor) -> torch.Tensor:
+    """One block of :func:`run_blocks`: :func:`block_forward` where it applies, else the block's own
+    forward (its hooks run) with ``rows`` taken afterwards."""
+    if supports_block_forward(block):
+        return block_forward(block, x, attn_mask, rows)
+    x = block(x, attn_mask=attn_mask)
+    return x if rows is None else take_rows(x, rows)
