@@ -11,61 +11,25 @@ is written; the output appears whole or not at all (built in a hidden folder, th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors.torch import save_file
 
 from vlp.data.tokenizers import build_tokenizer, parse_tokenizer_spec
+from vlp.export.staging import check_replaceable, save_safetensors_atomic, staged_dir
 from vlp.export.text_files import check_open_clip_tokenizer, open_clip_text_files, safetensors_text_files
 from vlp.models.dual_encoder import DualEncoder
 from vlp.models.init_sources import QUICK_GELU_METADATA
 from vlp.models.open_clip_layout import STATE_LAYOUT, to_open_clip_state
-from vlp.utils.atomic import atomic_path, write_json_atomic
+from vlp.utils.atomic import write_json_atomic
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-
-
-def _save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: Path, metadata: Dict[str, str]) -> None:
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def _check_replaceable(out_dir: Path, marker: str) -> None:
-    """``out_dir`` is new, empty, or an earlier export (it holds ``marker``), which is replaced."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"--output {out_dir} is a file; name a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
-        raise FileExistsError(f"--output {out_dir} is a folder that is not an earlier export (no {marker}); "
-                              "name a new or empty folder")
-
-
-@contextlib.contextmanager
-def _staged_dir(out_dir: Path) -> Iterator[Path]:
-    """A hidden folder beside ``out_dir`` that replaces it when the block succeeds (removed if it fails)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield stage
-        stage.chmod(0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            out_dir.replace(old / out_dir.name)
-            stage.replace(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.replace(out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def export_open_clip(model: DualEncoder, out_dir: Path, tokenizer: str = "open_clip") -> Path:
@@ -75,7 +39,7 @@ def export_open_clip(model: DualEncoder, out_dir: Path, tokenizer: str = "open_c
     if len(model.heads):
         raise ValueError(f"open_clip's CLIP format has no place for the model's heads ({', '.join(model.heads)}); "
                          "export --format safetensors to keep them")
-    _check_replaceable(out_dir, OPEN_CLIP_CONFIG)
+    check_replaceable(out_dir, OPEN_CLIP_CONFIG)
     model_cfg = json.loads(json.dumps(model.arch))  # a deep copy
     text_cfg = model_cfg.setdefault("text_cfg", {})
     files = open_clip_text_files(tokenizer, model.context_length, text_cfg)
@@ -94,13 +58,13 @@ def export_open_clip(model: DualEncoder, out_dir: Path, tokenizer: str = "open_c
         "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }
-    with _staged_dir(out_dir) as stage:
+    with staged_dir(out_dir) as stage:
         for name, data in files.items():
             (stage / name).write_bytes(data)
         write_json_atomic(stage / OPEN_CLIP_CONFIG, config, sort_keys=False)
         if has_tokenizer:
             check_open_clip_tokenizer(stage, build_tokenizer(tokenizer, model.context_length), tokenizer)
-        _save_safetensors_atomic(to_open_clip_state(model), stage / OPEN_CLIP_WEIGHTS, {"format": "pt"})
+        save_safetensors_atomic(to_open_clip_state(model), stage / OPEN_CLIP_WEIGHTS, {"format": "pt"})
     return out_dir
 
 
@@ -120,7 +84,7 @@ def export_safetensors(model: DualEncoder, path: Path, config_yaml: str) -> Path
     metadata = {"format": "pt", "vlp_state_layout": STATE_LAYOUT,
                 QUICK_GELU_METADATA: "true" if getattr(model, "quick_gelu", False) else "false"}
     if files:
-        _check_replaceable(folder, ".vlp-text")
+        check_replaceable(folder, ".vlp-text")
         if "tokenizer" in entries:
             conf.model.tokenizer = entries["tokenizer"]
         if "hf_model_name" in entries:
@@ -129,12 +93,12 @@ def export_safetensors(model: DualEncoder, path: Path, config_yaml: str) -> Path
             conf.model.arch = arch
         metadata["vlp_text_files"] = json.dumps({name: hashlib.sha256(data).hexdigest()
                                                  for name, data in sorted(files.items())})
-        with _staged_dir(folder) as stage:
+        with staged_dir(folder) as stage:
             (stage / ".vlp-text").write_text(f"text files of {path.name} (vlp-export)\n")
             for name, data in files.items():
                 (stage / Path(name).relative_to(folder.name)).write_bytes(data)
     metadata["vlp_config"] = OmegaConf.to_yaml(conf) if files else config_yaml
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _save_safetensors_atomic(tensors, path, metadata)
+    save_safetensors_atomic(tensors, path, metadata)
     return path
