@@ -45,6 +45,36 @@ def latest_checkpoint(run_or_file: Path) -> Optional[Path]:
     return steps[-1] if steps else None
 
 
+def select_checkpoint(run_or_file: Path, which: str = "auto") -> Path:
+    """The checkpoint ``which`` names in a run directory (or ``run_or_file`` itself when it is a file):
+    'auto' (final.pt, else the newest step file), 'final', 'newest' (the most steps done, as resume
+    picks) or a file name in the run's checkpoints folder (``step-00001000.pt``) or a path.
+    FileNotFoundError naming what exists when there is no such checkpoint."""
+    run_or_file = Path(run_or_file)
+    if not run_or_file.exists():
+        raise FileNotFoundError(f"model not found: {run_or_file}")
+    if run_or_file.is_file():
+        if which not in ("auto", "final", "newest"):
+            raise ValueError(f"--checkpoint {which!r} names a checkpoint of a run directory, but {run_or_file} is a file")
+        return run_or_file
+    ckpt_dir = run_or_file / "checkpoints" if (run_or_file / "checkpoints").is_dir() else run_or_file
+    found = ([ckpt_dir / FINAL_NAME] if (ckpt_dir / FINAL_NAME).is_file() else []) + step_checkpoints(ckpt_dir)
+    names = ", ".join(p.name for p in found) or "none"
+    if which == "auto":
+        chosen = latest_checkpoint(run_or_file)
+    elif which == "final":
+        chosen = ckpt_dir / FINAL_NAME if (ckpt_dir / FINAL_NAME).is_file() else None
+    elif which == "newest":
+        newest = newest_for_resume(ckpt_dir)
+        chosen = newest[0] if newest else None
+    else:
+        named = Path(which)
+        chosen = next((p for p in (named, ckpt_dir / named.name) if p.is_file()), None)
+    if chosen is None:
+        raise FileNotFoundError(f"no checkpoint {which!r} in {ckpt_dir} (checkpoints there: {names})")
+    return chosen
+
+
 def newest_for_resume(ckpt_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
     """The checkpoint with the most steps done, and its state: final.pt, unless a step file is
     further on (a run extended past its first final.pt that stopped before its new end)."""

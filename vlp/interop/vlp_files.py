@@ -9,7 +9,7 @@ from typing import Mapping, Optional, Tuple
 
 import torch
 
-from vlp.checkpoints import latest_checkpoint, load_checkpoint
+from vlp.checkpoints import load_checkpoint, select_checkpoint
 from vlp.config import Config, config_from_yaml
 from vlp.interop.consistency import activation_notes, check_model_consistency, finish_loading
 from vlp.interop.detect import safetensors_metadata
@@ -26,20 +26,24 @@ def model_from_state(cfg: Config, state: Mapping[str, torch.Tensor]) -> DualEnco
     return model.eval()
 
 
-def load_model_and_config(path: str | Path, weights: str = "auto") -> Tuple[DualEncoder, Config, Path]:
+def load_model_and_config(path: str | Path, weights: str = "auto",
+                          checkpoint: str = "auto") -> Tuple[DualEncoder, Config, Path]:
     """(model on CPU in eval mode, its resolved config, the checkpoint file) from a run directory
-    (its final or newest checkpoint) or one checkpoint file of ours. ``weights``: 'auto' takes the
-    weight average (``train.ema_decay``) when the checkpoint holds one, else the trained weights;
-    'ema' requires the average; 'raw' takes the trained weights."""
+    (the checkpoint ``checkpoint`` names: ``vlp.checkpoints.select_checkpoint``; 'auto' is its final
+    or newest one) or one checkpoint file of ours. ``weights``: 'auto' takes the weight average
+    (``train.ema_decay``) when the checkpoint holds one, else the trained weights; 'ema' requires
+    the average; 'raw' takes the trained weights."""
+    ckpt_path = select_checkpoint(Path(path), checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    model, cfg, _ = model_from_checkpoint(ckpt, ckpt_path, weights)
+    return model, cfg, ckpt_path
+
+
+def model_from_checkpoint(ckpt: Mapping, ckpt_path: Path, weights: str = "auto") -> Tuple[DualEncoder, Config, bool]:
+    """(model on CPU in eval mode, resolved config, whether the weight average was taken) from a
+    loaded checkpoint of ours; ``weights`` as in :func:`load_model_and_config`."""
     if weights not in ("auto", "ema", "raw"):
         raise ValueError(f"weights must be auto, ema or raw, got {weights!r}")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model not found: {path}")
-    ckpt_path = latest_checkpoint(path)
-    if ckpt_path is None:
-        raise FileNotFoundError(f"no checkpoint in {path} (looked for checkpoints/final.pt and step-*.pt)")
-    ckpt = load_checkpoint(ckpt_path)
     if "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{ckpt_path} is not a vlp checkpoint (no config/model entries)")
     cfg = config_from_yaml(ckpt["config"])
@@ -47,7 +51,7 @@ def load_model_and_config(path: str | Path, weights: str = "auto") -> Tuple[Dual
     if weights == "ema" and average is None:
         raise ValueError(f"{ckpt_path} holds no weight average (the run had no train.ema_decay); use the raw weights")
     use_average = average is not None and weights != "raw"
-    return model_from_state(cfg, average if use_average else ckpt["model"]), cfg, ckpt_path
+    return model_from_state(cfg, average if use_average else ckpt["model"]), cfg, use_average
 
 
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:

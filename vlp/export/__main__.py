@@ -1,0 +1,7 @@
+"""``python -m vlp.export``: the same as ``vlp-export``."""
+
+import sys
+
+from vlp.export.cli import main
+
+sys.exit(main())
