@@ -22,12 +22,51 @@ SHRINK = [  # the tiny recipes at test size: 3 steps of batch 8 on 48 px shapes
 ]
 
 
+def _user_trained_tokenizer(recipe: Path, tmp_path: Path) -> list[str]:
+    """A recipe may name a SentencePiece model the user trains from their captions first (its
+    comment says how): stand one in so the rest of the recipe resolves here."""
+    from data_prep.tokenizer_train import train_sentencepiece
+
+    text = recipe.read_text()
+    if "tokenizer: sentencepiece:" not in text:
+        return []
+    captions = [f"a {c} {s} next to a {c2} {s2}" for c in ("red", "green", "blue") for s in ("cube", "ball")
+                for c2 in ("red", "blue") for s2 in ("ring", "star")]
+    train_sentencepiece(captions * 3, tmp_path / "spm.model", vocab_size=30)
+    return [f"model.tokenizer=sentencepiece:{tmp_path / 'spm.model'}"]
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
-def test_every_recipe_resolves(recipe: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["--config", str(recipe), "--print-config"]) == 0
+def test_every_recipe_resolves(recipe: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    overrides = _user_trained_tokenizer(recipe, tmp_path)
+    assert cli.main(["--config", str(recipe), "--print-config", *overrides]) == 0
     printed = capsys.readouterr().out
-    cfg = load_config(str(recipe))
+    cfg = load_config(str(recipe), overrides)
     assert f"steps: {cfg.train.steps}" in printed and f"lr: {cfg.optim.lr}" in printed
+
+
+def test_real_scale_recipes_hold_the_published_settings() -> None:
+    """open_clip's LAION-400M ViT-B/32 run and SigLIP ViT-B/16: global batch 32,768 at the GPU counts
+    their comments spell out, and the published optimiser settings."""
+    clip = load_config("configs/clip_vit_b32.yaml")
+    assert clip.model.arch == "ViT-B-32" and [t.name for t in clip.loss.terms] == ["clip"]
+    assert (clip.optim.lr, clip.optim.weight_decay, clip.optim.warmup_steps, clip.optim.schedule) == \
+        (5e-4, 0.2, 2000, "cosine")
+    assert clip.train.precision == "bf16" and clip.train.batch_size * 128 * clip.train.accum_steps == 32768
+    assert round(clip.train.steps * 32768 / 407e6) == 32  # 32 epochs of LAION-400M
+    text = Path("configs/clip_vit_b32.yaml").read_text()
+    assert "train.accum_steps=16" in text and "8 x 256 x 16 = 32,768" in text
+
+    siglip_text = Path("configs/siglip_vit_b16.yaml").read_text()
+    import yaml
+
+    siglip = yaml.safe_load(siglip_text)  # the tokenizer file is the user's to train: read the YAML as written
+    assert siglip["loss"]["terms"] == [{"name": "siglip"}]
+    assert (siglip["optim"]["lr"], siglip["optim"]["weight_decay"]) == (1e-3, 1e-4)
+    assert siglip["model"]["init_logit_bias"] == -10.0 and math.exp(siglip["model"]["init_logit_scale"]) == \
+        pytest.approx(10.0, rel=1e-6)
+    assert siglip["train"]["batch_size"] * 128 == 32768 and "16 x 256 x 8 = 32,768" in siglip_text
+    assert siglip["model"]["arch"]["vision_cfg"]["timm_model_name"] == "vit_base_patch16_siglip_224"
 
 
 def test_head_recipes_hold_the_published_settings() -> None:
