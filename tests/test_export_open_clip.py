@@ -299,3 +299,18 @@ def test_a_part_open_clip_cannot_express_is_named_before_anything_is_written(cas
     assert not (tmp_path / "out").exists()
     with pytest.raises(UnsupportedExport, match=message):
         registry_name(model)
+
+
+def test_an_open_clip_coca_round_trips_through_ours_bit_identical(tmp_path: Path) -> None:
+    """open_clip's CoCa -> model.init_from (its text_decoder is our caption head) -> export -> open_clip."""
+    arch = {"embed_dim": 32, "vision_cfg": COCA_VISION, "text_cfg": {**COCA_TEXT, "embed_cls": True}, "custom_text": True}
+    multimodal = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1, "attn_pooler_heads": 2}
+    torch.manual_seed(3)
+    coca = open_clip.CoCa(embed_dim=32, multimodal_cfg=multimodal, text_cfg=arch["text_cfg"], vision_cfg=COCA_VISION)
+    path = tmp_path / "coca.pt"
+    torch.save(coca.state_dict(), path)
+    torch.manual_seed(0)
+    ours = build_model(ModelConfig(arch=arch, heads={"caption": {}}, init_from=str(path))).eval()
+    loaded, _ = _load(export_open_clip(ours, tmp_path / "export"))
+    assert type(loaded) is open_clip.CoCa
+    _assert_same_state(loaded.state_dict(), coca.state_dict())

@@ -8,6 +8,7 @@ Our names (a DualEncoder with the 'open_clip' towers) and open_clip's (CLIP / Cu
     text_tower.text.*             <->  text.*      (CustomTextCLIP: an HF or custom text tower)
     logit_head.logit_scale        <->  logit_scale
     logit_head.logit_bias         <->  logit_bias
+    heads.caption.text_decoder.*  <->  text_decoder.*   (CoCa's multimodal decoder: the caption head)
     heads.<name>.*                      (no open_clip counterpart: left out of open_clip's layout)
 
 Checkpoints written before the parts existed hold open_clip's names under ``clip.``
@@ -28,6 +29,8 @@ STATE_LAYOUT = "parts-1"
 ``clip.``-prefixed layout before it had no name."""
 OLD_PREFIX = "clip."
 LOGIT_KEYS = ("logit_scale", "logit_bias")
+COCA_DECODER = "text_decoder."
+"""open_clip CoCa's multimodal text decoder, which vlp holds as the caption head (``heads.caption``)."""
 
 
 def to_open_clip_key(key: str) -> str:
@@ -44,6 +47,8 @@ def from_open_clip_key(key: str) -> str:
         return "image_tower." + key
     if key in LOGIT_KEYS:
         return "logit_head." + key
+    if key.startswith(COCA_DECODER):
+        return "heads.caption." + key
     return "text_tower." + key
 
 
