@@ -265,3 +265,15 @@ def test_logit_head_outputs_and_existing_parameters():
     scale = nn.Parameter(torch.tensor(1.5))
     shared = LogitHead.from_parameters(scale, None)
     assert shared.logit_scale is scale and "logit_bias" not in shared() and shared.logit_bias is None
+
+
+def test_custom_text_false_builds_clips_text_layout_as_open_clip_does() -> None:
+    """open_clip builds CustomTextCLIP only when custom_text is true: an arch saying false holds
+    the text parts as CLIP does (text_tower.transformer.*), so its weights load in open_clip's CLIP."""
+    plain = DualEncoder({**TINY_ARCH, "custom_text": False}).state_dict()
+    custom = DualEncoder({**TINY_ARCH, "custom_text": True}).state_dict()
+    assert any(k.startswith("text_tower.transformer.") for k in plain) and not any(k.startswith("text_tower.text.") for k in plain)
+    assert any(k.startswith("text_tower.text.") for k in custom)
+    theirs = open_clip.CLIP(**TINY_ARCH).state_dict()
+    assert {k for k in plain if k.startswith("text_tower.")} == \
+        {"text_tower." + k for k in theirs if not k.startswith("visual.") and k != "logit_scale"}

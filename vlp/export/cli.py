@@ -60,11 +60,10 @@ def export(source: Any, fmt: str, out: Path, pytorch_bin: bool = False) -> Tuple
     model card, the line telling how to load it)."""
     model, cfg = source.model, source.cfg
     if fmt == "open_clip":
-        from vlp.export import open_clip_format
+        from vlp.export.open_clip_format import export_open_clip, registry_name
 
-        written = open_clip_format.export_open_clip(model, out, tokenizer=cfg.model.tokenizer,
-                                                    **({"pytorch_bin": True} if pytorch_bin else {}))
-        extra = {"registry_name": getattr(open_clip_format, "registry_name", lambda _: None)(model)}
+        written = export_open_clip(model, out, tokenizer=cfg.model.tokenizer, pytorch_bin=pytorch_bin)
+        extra = {"registry_name": registry_name(model)}
         how = f"open_clip.create_model_and_transforms('local-dir:{written}'), open_clip.get_tokenizer('local-dir:{written}')"
     elif fmt == "hf":
         from vlp.export.hf_format import export_hf

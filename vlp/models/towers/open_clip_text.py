@@ -241,7 +241,7 @@ class OpenCLIPCustomTextTower(TextTower):
 @register_text_tower("open_clip")
 def build_open_clip_text_tower(arch: Mapping[str, Any], quick_gelu: bool) -> TextTower:
     """open_clip's own text-tower builder on ``arch['text_cfg']``, held as open_clip's CLIP holds it,
-    or as CustomTextCLIP does for an HF tower or an arch with a ``custom_text`` key."""
+    or as CustomTextCLIP does for an HF tower or an arch with ``custom_text: true`` (open_clip's rule)."""
     from open_clip.model import _build_text_tower
 
     text_cfg = arch.get("text_cfg", {})
@@ -249,7 +249,7 @@ def build_open_clip_text_tower(arch: Mapping[str, Any], quick_gelu: bool) -> Tex
         check_local_hf_model(str(text_cfg["hf_model_name"]), bool(text_cfg.get("hf_model_pretrained", True)))
     text = _build_text_tower(arch["embed_dim"], arch["text_cfg"], quick_gelu, None)
     context = int(text_cfg.get("context_length", 77))
-    if "custom_text" in arch or "hf_model_name" in text_cfg:
+    if arch.get("custom_text") or text_cfg.get("hf_model_name"):
         return OpenCLIPCustomTextTower(text, context)
     return OpenCLIPTextTower.from_text_transformer(text, context)
 
