@@ -161,3 +161,17 @@ def test_python_dash_m_runs_the_cli(run: Path, tmp_path: Path) -> None:
                            "--output", str(out), "--weights", "raw", "--no-card"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert _equal(load_file(str(out)), _ckpt(run, "final.pt")["model"]) and not (tmp_path / "m.README.md").exists()
+
+
+def test_onnx_through_the_cli_records_its_parity_in_the_card(run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    assert export_main(["--model", str(run), "--format", "onnx", "--output", str(out), "--atol", "0"]) == 2
+    assert "onnx" not in capsys.readouterr().out and not out.exists()  # a gate of 0 refuses any difference
+    assert export_main(["--model", str(run), "--format", "onnx", "--output", str(out), "--opset", "18"]) == 0
+    meta = json.loads((out / "vlp_onnx.json").read_text())
+    assert meta["opset"] == 18 and 0 < meta["parity"]["max_abs_diff"] <= 1e-4
+    card = (out / "README.md").read_text()
+    assert f"largest difference {meta['parity']['max_abs_diff']:.2e} (allowed 0.0001)" in card
+    assert "ort.InferenceSession('onnx/image_encoder.onnx')" in card

@@ -51,11 +51,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="the weight average (ema) or the trained weights (raw); auto: ema when present")
     parser.add_argument("--pytorch-bin", action="store_true",
                         help="open_clip: also write open_clip_pytorch_model.bin")
+    parser.add_argument("--opset", type=int, default=None, help="onnx: the ONNX opset (18 or higher; default the exporter's)")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="onnx: the largest difference from this model onnxruntime may give (default 1e-4)")
     parser.add_argument("--no-card", action="store_true", help="do not write the model card")
     return parser
 
 
-def export(source: Any, fmt: str, out: Path, pytorch_bin: bool = False) -> Tuple[Path, Dict[str, Any], str]:
+def export(source: Any, fmt: str, out: Path, pytorch_bin: bool = False, opset: Optional[int] = None,
+           atol: float = 1e-4) -> Tuple[Path, Dict[str, Any], str]:
     """Write ``source`` (an ExportSource) as ``fmt`` at ``out``: (the export's path, facts for the
     model card, the line telling how to load it)."""
     model, cfg = source.model, source.cfg
@@ -75,8 +79,14 @@ def export(source: Any, fmt: str, out: Path, pytorch_bin: bool = False) -> Tuple
     elif fmt == "onnx":
         from vlp.export.onnx_format import export_onnx
 
-        written = export_onnx(model, cfg, out)
-        extra = {}
+        written = export_onnx(model, cfg, out, opset=opset, atol=atol)
+        meta = json.loads((written / "vlp_onnx.json").read_text())
+        parity = meta["parity"]
+        notes = [f"checked at export with onnxruntime {meta['onnxruntime']} against this model in PyTorch: largest "
+                 f"difference {parity['max_abs_diff']:.2e} (allowed {parity['atol']:g}); details in vlp_onnx.json"]
+        if meta.get("heads_not_exported"):
+            notes.append(f"the encoders only: the heads ({', '.join(meta['heads_not_exported'])}) are not exported")
+        extra = {"notes": notes}
         how = f"onnxruntime.InferenceSession('{written}/image_encoder.onnx' / 'text_encoder.onnx')"
     else:
         from vlp.config import config_to_yaml
@@ -95,7 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         source = load_export_source(args.model, checkpoint=args.checkpoint, weights=args.weights)
-        written, extra, how = export(source, args.format, Path(args.output), pytorch_bin=args.pytorch_bin)
+        written, extra, how = export(source, args.format, Path(args.output), pytorch_bin=args.pytorch_bin,
+                                     opset=args.opset, atol=args.atol)
         card = None if args.no_card else write_model_card(source, args.format, written, extra)
     except ImportError as err:
         if args.format != "onnx":
