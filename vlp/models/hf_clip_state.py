@@ -3,7 +3,8 @@
 The two hold the same computation under other names: transformers keeps the query, key and value
 projections apart (open_clip's ``nn.MultiheadAttention`` stacks them in ``in_proj_*``) and stores
 the projections as ``nn.Linear`` weights [D, W] (open_clip: matrices [W, D] it multiplies from
-the right). Nothing else differs, so the converted weights give transformers' features.
+the right). Nothing else differs, so the converted weights give transformers' features; the two
+functions here are exact inverses (every tensor's values kept bit for bit).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Dict, Mapping
 
 import torch
 
-_LAYER_PARTS = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+LAYER_PARTS = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
                 "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 _RENAMES = {
     "vision_model.embeddings.class_embedding": "visual.class_embedding",
@@ -60,9 +61,49 @@ def open_clip_state_from_hf_clip(hf_state: Mapping[str, torch.Tensor]) -> Dict[s
             src, dst = f"{tower}.encoder.layers.{i}.", f"{ours}.resblocks.{i}."
             for kind in ("weight", "bias"):
                 out[f"{dst}attn.in_proj_{kind}"] = torch.cat([take(f"{src}self_attn.{n}_proj.{kind}") for n in "qkv"])
-                for part, theirs in _LAYER_PARTS.items():
+                for part, theirs in LAYER_PARTS.items():
                     out[f"{dst}{theirs}.{kind}"] = take(f"{src}{part}.{kind}")
     left = sorted(set(state) - used)
     if left:
         raise ValueError(f"transformers CLIP weights with parts open_clip's CLIP has no place for: {left[:6]}")
+    return out
+
+
+def split_in_proj(tensor: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """{'q', 'k', 'v'}: the three equal row blocks of ``nn.MultiheadAttention``'s ``in_proj_*``."""
+    if tensor.shape[0] % 3:
+        raise ValueError(f"an attention in_proj of {tensor.shape[0]} rows is not three stacked projections")
+    return {name: part.contiguous() for name, part in zip("qkv", tensor.chunk(3, dim=0))}
+
+
+def hf_clip_state_from_open_clip(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A transformers CLIPModel's state dict from open_clip's CLIP state dict (ViT image tower,
+    causal text tower): the inverse of :func:`open_clip_state_from_hf_clip`. ValueError naming the
+    keys it lacks or has no place for (e.g. an attentional pooler, a ResNet tower, a logit bias)."""
+    out: Dict[str, torch.Tensor] = {}
+    used = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in state:
+            raise ValueError(f"not open_clip's CLIP state dict (ViT and text transformer): no {key!r}")
+        used.add(key)
+        return state[key]
+
+    for theirs, ours in _RENAMES.items():
+        if ours in state or ours != "logit_scale":
+            out[theirs] = take(ours)
+    for theirs, ours in _TRANSPOSED.items():
+        out[theirs] = take(ours).t().contiguous()
+    for tower, ours in _TOWERS.items():
+        prefix = f"{ours}.resblocks."
+        for i in sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}):
+            src, dst = f"{prefix}{i}.", f"{tower}.encoder.layers.{i}."
+            for kind in ("weight", "bias"):
+                for name, part in split_in_proj(take(f"{src}attn.in_proj_{kind}")).items():
+                    out[f"{dst}self_attn.{name}_proj.{kind}"] = part
+                for theirs, part in LAYER_PARTS.items():
+                    out[f"{dst}{theirs}.{kind}"] = take(f"{src}{part}.{kind}")
+    left = sorted(set(state) - used)
+    if left:
+        raise ValueError(f"open_clip weights with parts transformers' CLIPModel has no place for: {left[:6]}")
     return out

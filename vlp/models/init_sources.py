@@ -8,7 +8,8 @@ Sources, told apart by what they hold:
 - ``open_clip_dir``: an open_clip local-dir (``open_clip_config.json`` and its weights);
 - ``open_clip_file``: an open_clip state dict (.pt/.pth/.bin with torch, .safetensors), possibly
   under 'state_dict' with 'module.' prefixes;
-- ``hf_clip``: a transformers CLIPModel folder (``config.json`` with model_type 'clip').
+- ``hf_clip``: a transformers CLIPModel folder (``config.json`` with model_type 'clip'); the
+  logit bias our export keeps in its config (``vlp_export.logit_bias``) is read with the weights.
 
 Torch files load with ``weights_only=True`` and safetensors with safetensors: reading a file never
 runs its code. The activation (GELU or QuickGELU) is read where the format records it: our
@@ -43,6 +44,8 @@ HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_ACTS = ("gelu", "quick_gelu")
 """transformers' hidden_act values open_clip's towers compute (nn.GELU, QuickGELU)."""
 HF_DEFAULT_ACT = "quick_gelu"
+VLP_EXPORT_KEY = "vlp_export"
+"""config.json entry of our transformers CLIPModel exports: {'logit_bias': float} for a model trained with one."""
 QUICK_GELU_METADATA = "vlp_quick_gelu"
 """Metadata key of our safetensors exports recording the activation: 'true' (QuickGELU) or 'false'."""
 
@@ -157,6 +160,9 @@ def _read_hf_clip(folder: Path, key: str) -> InitSource:
         converted = open_clip_state_from_hf_clip(state)
     except ValueError as err:
         raise ConfigError(f"{key}: {weights}: {err}") from err
+    bias = (raw.get(VLP_EXPORT_KEY) or {}).get("logit_bias")
+    if bias is not None:  # our export of a sigmoid-loss model keeps the bias CLIPModel has no place for
+        converted["logit_bias"] = torch.tensor(float(bias), dtype=torch.float32)
     declared: List[Declaration] = []
     for tower, section in (("text", "text_config"), ("image", "vision_config")):
         # transformers' CLIPTextConfig / CLIPVisionConfig default: a config.json without it means QuickGELU
