@@ -175,3 +175,19 @@ def test_onnx_through_the_cli_records_its_parity_in_the_card(run: Path, tmp_path
     card = (out / "README.md").read_text()
     assert f"largest difference {meta['parity']['max_abs_diff']:.2e} (allowed 0.0001)" in card
     assert "ort.InferenceSession('onnx/image_encoder.onnx')" in card
+
+
+def test_hf_through_the_cli_names_the_class_and_keeps_the_sigmoid_bias_in_the_card(tmp_path: Path) -> None:
+    cfg = load_config("configs/siglip_tiny.yaml")
+    cfg.model.arch = {**TINY_ARCH, "text_cfg": {**TINY_ARCH["text_cfg"], "vocab_size": 49408}}
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    save_atomic({"model": model.state_dict(), "step": 3, "config": config_to_yaml(cfg)},
+                tmp_path / "run" / "checkpoints" / "final.pt")
+    out = tmp_path / "hf"
+    assert export_main(["--model", str(tmp_path / "run"), "--format", "hf", "--output", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["CLIPModel"] and config["vlp_export"]["logit_bias"] == -10.0
+    card = (out / "README.md").read_text()
+    assert "model = CLIPModel.from_pretrained('hf')" in card and "backend='pil'" in card
+    assert "logit bias -10 is kept in config.json (vlp_export)" in card

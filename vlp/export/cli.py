@@ -75,6 +75,9 @@ def export(source: Any, fmt: str, out: Path, pytorch_bin: bool = False, opset: O
         written = export_hf(model, cfg, out)
         config = json.loads((written / "config.json").read_text())
         extra = {"model_class": (config.get("architectures") or ["CLIPModel"])[0]}
+        kept = config.get("vlp_export") or {}
+        if "logit_bias" in kept:  # a CLIP-layout model trained with the sigmoid loss
+            extra["notes"] = [f"logit bias {kept['logit_bias']:g} is kept in config.json (vlp_export): {kept['note']}"]
         how = f"transformers.{extra['model_class']}.from_pretrained('{written}')"
     elif fmt == "onnx":
         from vlp.export.onnx_format import export_onnx

@@ -114,7 +114,8 @@ def loading_lines(fmt: str, out: Path, extra: Mapping[str, Any]) -> List[str]:
         cls = extra.get("model_class", "CLIPModel")
         proc = cls.replace("Model", "Processor")
         code = [f"from transformers import {cls}, {proc}", "",
-                f"model = {cls}.from_pretrained('{name}')", f"processor = {proc}.from_pretrained('{name}')",
+                f"model = {cls}.from_pretrained('{name}')",
+                f"processor = {proc}.from_pretrained('{name}', backend='pil')  # PIL resizing: vlp's pixels exactly",
                 "inputs = processor(text=['a photo of a cat'], images=image, return_tensors='pt', padding=True)",
                 "outputs = model(**inputs)  # outputs.logits_per_image"]
     elif fmt == "onnx":
