@@ -13,7 +13,7 @@ DEMO_SAMPLES ?= 20000
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,export]'
+	$(PY) -m pip install --quiet -e '.[test,export,prep]'
 	@touch $(STAMP)
 
 install: $(STAMP)
