@@ -109,7 +109,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: Any = "ViT-B-32"
-    """open_clip architecture: a model config name (open_clip.list_models()) or a dict {embed_dim, vision_cfg, text_cfg}."""
+    """open_clip architecture: a model config name (open_clip.list_models()), a dict {embed_dim, vision_cfg, text_cfg}, or a local folder's: 'local-dir:DIR' (an open_clip local-dir) or 'hf:DIR' (a transformers CLIP folder), to fine-tune it with model.init_from=DIR."""
     tokenizer: str = "open_clip"
     """Text tokenizer: 'open_clip' (the BPE in open_clip's wheel), 'hf:DIR' (a local Hugging Face tokenizer directory: its own ids, open_clip's tower pools at its end token) or 'sentencepiece:FILE.model'; the last two set open_clip's text tower's vocab_size."""
     init_logit_scale: float = math.log(1 / 0.07)

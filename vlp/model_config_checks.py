@@ -35,7 +35,12 @@ def check_tokenizer(spec: str) -> None:
 
 
 def _check_arch(arch: Any) -> None:
-    if isinstance(arch, str):
+    from vlp.models.arch import folder_arch_file
+
+    folder_file = folder_arch_file(arch) if isinstance(arch, str) else None
+    if folder_file is not None:
+        _check(folder_file.is_file(), "model.arch", f"{arch!r}: {folder_file} not found")
+    elif isinstance(arch, str):
         import open_clip
 
         names = open_clip.list_models()

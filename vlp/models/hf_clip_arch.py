@@ -18,7 +18,7 @@ has exactly the parameters of the folder's weights and computes the same feature
   ``projection_dim`` serve only transformers' single-tower classes); a ``layer_norm_eps`` other than
   open_clip's 1e-5 as ``norm_kwargs``;
 - activation: ``quick_gelu`` when both towers use it (open_clip has one switch for both), 'gelu'
-  as nn.GELU (the two ``model.init_from`` reads: ``vlp.models.init_sources.HF_ACTS``).
+  as nn.GELU (the two ``model.init_from`` reads: :data:`HF_ACTS`).
 
 A configuration open_clip's towers cannot express (another model type, QuickGELU in one tower
 only, another activation, a size that does not divide) is a ValueError naming the field.
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
-from vlp.models.init_sources import HF_ACTS
+HF_ACTS = ("gelu", "quick_gelu")
+"""transformers' hidden_act values open_clip's towers compute (nn.GELU, QuickGELU); ``model.init_from`` reads these."""
 
 OPEN_CLIP_LN_EPS = 1e-5
 ARGMAX_EOS_ID = 2

@@ -33,6 +33,7 @@ import torch
 
 from vlp.checkpoints import latest_checkpoint
 from vlp.errors import ConfigError
+from vlp.models.hf_clip_arch import HF_ACTS
 from vlp.models.hf_clip_state import open_clip_state_from_hf_clip
 from vlp.models.open_clip_layout import as_vlp_state, from_open_clip_state
 
@@ -41,8 +42,6 @@ FORMATS = ("a run directory, checkpoint (.pt) or safetensors export of ours; an 
            "CLIPModel folder (config.json with model_type 'clip' and its weights)")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-HF_ACTS = ("gelu", "quick_gelu")
-"""transformers' hidden_act values open_clip's towers compute (nn.GELU, QuickGELU)."""
 HF_DEFAULT_ACT = "quick_gelu"
 VLP_EXPORT_KEY = "vlp_export"
 """config.json entry of our transformers CLIPModel exports: {'logit_bias': float} for a model trained with one."""
