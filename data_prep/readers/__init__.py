@@ -21,6 +21,7 @@ from typing import Iterator
 from data_prep.readers import folder, imagefolder, table, jsonl, coco, img2dataset  # noqa: F401, E401
 from data_prep.readers.base import ByteRange, ImageSource, LayoutError, Reader, ReaderError, Record, read_image_bytes
 from data_prep.readers.detect import describe_found, detect_format
+from data_prep.readers.ranges import RecordRange, read_reader_range, reader_ranges
 from data_prep.readers.registry import DEFAULT_TEMPLATE, READERS, ReaderOptions, reader_names
 
 # What a reader raises on input it cannot parse (JSON/CSV/Arrow errors are ValueErrors, a bad tar
@@ -68,6 +69,24 @@ class OpenedInput:
         except READ_ERRORS as err:
             raise reader_error(self.path, self.format, err) from err
 
+    def ranges(self, size: int) -> list[RecordRange]:
+        """The input cut into ranges of ``size`` records (``data_prep.readers.ranges``)."""
+        try:
+            return reader_ranges(self.reader, size)
+        except ReaderError:
+            raise
+        except READ_ERRORS as err:
+            raise reader_error(self.path, self.format, err) from err
+
+    def read_range(self, rng: RecordRange) -> Iterator[Record]:
+        """The records of one range, streamed."""
+        try:
+            yield from read_reader_range(self.reader, rng)
+        except ReaderError:
+            raise
+        except READ_ERRORS as err:
+            raise reader_error(self.path, self.format, err) from err
+
 
 def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "image",
                 caption_column: str = "caption", image_root: str | Path | None = None,
@@ -91,6 +110,6 @@ def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "
     return OpenedInput(path, format, reader)
 
 
-__all__ = ["READERS", "ByteRange", "ImageSource", "OpenedInput", "Reader", "ReaderError", "Record",
+__all__ = ["READERS", "ByteRange", "ImageSource", "OpenedInput", "Reader", "ReaderError", "Record", "RecordRange",
            "describe_found", "detect_format", "layout_mismatch", "open_reader", "read_image_bytes", "reader_error",
            "reader_names"]
