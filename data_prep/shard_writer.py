@@ -145,6 +145,11 @@ class ShardWriter:
         if full:
             self._finish_shard()
 
+    def end_shard(self) -> None:
+        """Finish the open shard now (the next sample starts a new one); nothing when none is open."""
+        if self._tar is not None:
+            self._finish_shard()
+
     def write_all(self, samples: Iterable[Mapping[str, Any]]) -> None:
         """Write every sample of an iterable."""
         for sample in samples:

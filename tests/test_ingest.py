@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import data_prep.ingest as ingest
+import data_prep.ingest_chunks as ingest
 from data_prep.__main__ import main as prep_main
 from data_prep.ingest import IngestError, run_ingest
 from data_prep.ingest_options import IngestOptions
@@ -67,13 +67,15 @@ def test_bad_inputs_are_skipped_and_counted_exactly(tmp_path: Path) -> None:
                                 "empty_file": 1, "missing_caption": 1, "missing_file": 1, "truncated_image": 1}
     assert stats["input_records"] == 12 and stats["samples_written"] == 5 and stats["skipped_total"] == 7
     assert json.loads((out / "stats.json").read_text())["skipped"] == stats["skipped"]
-    # folder order: blank, bomb, img00..04, latin, nocap, orphan, truncated, zero -> the truncated
-    # JPEG is planned (its header is fine) and fails at decode inside the second shard.
-    assert json.loads((out / "sizes.json").read_text()) == {"shard-000000.tar": 3, "shard-000001.tar": 2}
-    assert stats["bytes"] == sum(len(b) for b in _tree(out).values())
+    # folder order: blank, bomb, img00..04, latin, nocap, orphan, truncated, zero, cut into chunks of
+    # 3 records, one shard each; a key is the record's position (img00 is record 2). The last chunk
+    # (orphan, truncated: its header is fine, it fails at decode; zero) writes no shard.
+    assert json.loads((out / "sizes.json").read_text()) == {"shard-000000.tar": 1, "shard-000001.tar": 3,
+                                                            "shard-000002.tar": 1}
+    assert stats["bytes"] == sum(len(b) for b in _tree(out).values()) and stats["chunks"] == 4
     samples = _samples(out)
-    assert sorted(samples) == [f"{i:09d}" for i in range(5)]
-    first = samples["000000000"]
+    assert sorted(samples) == [f"{i:09d}" for i in range(2, 7)]
+    first = samples["000000002"]
     assert first["txt"] == b"caption 0"
     meta = json.loads(first["json"])
     assert meta["source_id"] == "img00.jpg" and meta["captions"] == ["caption 0"]
@@ -109,13 +111,13 @@ def test_resume_after_crash_mid_shard_gives_identical_shards(tmp_path: Path, mon
     inp = _bad_folder(tmp_path / "in")
     _good_folder(inp / "more", 6)
     clean = run_ingest(_opts(inp, tmp_path / "clean", shard_samples=4), progress=False)
-    assert clean["shards"] == 3 and clean["samples_written"] == 11
+    assert clean["shards"] == 4 and clean["chunks"] == 5 and clean["samples_written"] == 11
 
     real, calls = ingest.encode_entry, {"n": 0}
 
     def crash_after_six(entry, opts):
         calls["n"] += 1
-        if calls["n"] > 6:  # in the middle of the second shard
+        if calls["n"] > 6:  # in the middle of the third chunk (the first two encode 2 and 3 images)
             raise KeyboardInterrupt("killed")
         return real(entry, opts)
 
@@ -123,19 +125,19 @@ def test_resume_after_crash_mid_shard_gives_identical_shards(tmp_path: Path, mon
     monkeypatch.setattr(ingest, "encode_entry", crash_after_six)
     with pytest.raises(KeyboardInterrupt):
         run_ingest(_opts(inp, out, shard_samples=4), progress=False)
-    assert sorted(_tree(out)) == ["shard-000000.tar"]  # the half-written second shard left no .tar
+    assert sorted(_tree(out)) == ["shard-000000.tar", "shard-000001.tar"]  # the half-written third left no .tar
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
-    (out / ".shard-000001.tar.x1y2.tmp").write_bytes(b"partial")  # as a SIGKILL would leave it
+    (out / ".shard-000002.tar.x1y2.tmp").write_bytes(b"partial")  # as a SIGKILL would leave it
     monkeypatch.setattr(ingest, "encode_entry", real)
     resumed = run_ingest(_opts(inp, out, shard_samples=4), progress=False)
-    assert resumed["shards_reused"] == 1 and resumed["shards_written"] == 2
+    assert resumed["shards_reused"] == 2 and resumed["shards_written"] == 3  # chunks reused / run
     assert _tree(out) == _tree(tmp_path / "clean")
     assert (out / "sizes.json").read_bytes() == (tmp_path / "clean" / "sizes.json").read_bytes()
     for key in ("samples_written", "skipped", "bytes", "shards"):
         assert resumed[key] == clean[key]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     again = run_ingest(_opts(inp, out, shard_samples=4), progress=False)
-    assert again["shards_reused"] == 3 and again["shards_written"] == 0 and _tree(out) == _tree(tmp_path / "clean")
+    assert again["shards_reused"] == 5 and again["shards_written"] == 0 and _tree(out) == _tree(tmp_path / "clean")
 
 
 def test_workers_and_seed_are_deterministic(tmp_path: Path) -> None:
@@ -144,10 +146,13 @@ def test_workers_and_seed_are_deterministic(tmp_path: Path) -> None:
     run_ingest(_opts(inp, tmp_path / "w2", shard_samples=2, seed=5, workers=2), progress=False)
     assert _tree(tmp_path / "w1") == _tree(tmp_path / "w2") and len(_tree(tmp_path / "w1")) == 5
     run_ingest(_opts(inp, tmp_path / "plain", shard_samples=2), progress=False)
-    order = lambda out: [json.loads(s["json"])["source_id"] for _, s in sorted(_samples(out).items())]  # noqa: E731
-    assert order(tmp_path / "plain") == [f"img{i:02d}.jpg" for i in range(9)]
-    assert order(tmp_path / "w1") != order(tmp_path / "plain")
-    assert sorted(order(tmp_path / "w1")) == order(tmp_path / "plain")
+    # the seed shuffles the records inside each chunk: written order changes, keys stay input positions
+    written = lambda out: [n.split(".")[0] for p in sorted(out.glob("*.tar")) for n in read_tar_members(p)][::3]  # noqa: E731
+    assert written(tmp_path / "plain") == [f"{i:09d}" for i in range(9)]
+    assert written(tmp_path / "w1") != written(tmp_path / "plain")
+    assert sorted(written(tmp_path / "w1")) == written(tmp_path / "plain")
+    assert {k: json.loads(s["json"])["source_id"] for k, s in _samples(tmp_path / "w1").items()} == \
+        {f"{i:09d}": f"img{i:02d}.jpg" for i in range(9)}
 
 
 def test_rerun_with_other_options_is_refused(tmp_path: Path) -> None:
@@ -238,7 +243,7 @@ def test_coco_multi_caption_and_img2dataset_reshard(tmp_path: Path) -> None:
 
 SLOW_CLI = """
 import sys, time
-import data_prep.ingest as ingest
+import data_prep.ingest_chunks as ingest
 real = ingest.encode_entry
 def slow(entry, opts):
     time.sleep(0.05)
