@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "data_prep.tokenizer_cli",  # tokenizer: train a SentencePiece model on shard captions
     "data_prep.negatives_cli",  # negatives: add NegCLIP-style hard-negative captions
     "data_prep.ingest_cli",  # ingest: folders, tables, JSONL, COCO, img2dataset -> shards
+    "data_prep.merge_stats_cli",  # merge-stats: finish an ingest run as --part i/N jobs
     "data_prep.dedup_cli",  # dedup: near-duplicate removal over image embeddings (faiss)
 )
 

@@ -20,7 +20,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
             "skipped and counted by reason (--strict: fail on the first). Rerunning with the same "
             "arguments resumes: complete shards are kept, missing ones written. A class-per-folder "
             "tree (DIR/cat/*.jpg, no .txt captions) is captioned from --caption-template, keeps its label "
-            "as key.cls and writes classnames.txt. An ingest that writes no sample exits with status 1."
+            "as key.cls and writes classnames.txt. An ingest that writes no sample exits with status 1. "
+            "The input is cut into chunks of --shard-samples records, one shard each, keys = input "
+            "positions: --part i/N runs chunks c %% N == i (N independent jobs; then merge-stats), "
+            "--engine ray runs them as Ray tasks (--ray-address for a cluster)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -57,6 +60,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of skipping it")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier ingest in --output first")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--part", default=None, help="i/N: run only chunks c with c %% N == i (0 <= i < N); then "
+                   "'merge-stats --output DIR' once every part is done")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: --workers processes; ray: Ray tasks (pip install -e '.[prep]')")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address ('auto', 'ray://HOST:10001'); "
+                   "default: a local instance of --workers CPUs")
     p.set_defaults(func=_run_ingest)
 
 
@@ -75,8 +84,17 @@ def _run_ingest(args: argparse.Namespace) -> int:
         workers=args.workers, seed=args.seed,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, strict=args.strict,
     )
+    from data_prep.ingest import parse_part
+
     try:
-        stats = run_ingest(opts, overwrite=args.overwrite, progress=not args.no_progress)
+        part = parse_part(args.part) if args.part else None
+        stats = run_ingest(opts, overwrite=args.overwrite, progress=not args.no_progress, part=part,
+                           engine=args.engine, address=args.ray_address)
+        if part is not None:
+            print(f"ingest part {stats['part']}: {stats['chunks']} chunks ({stats['chunks_written']} written now), "
+                  f"{stats['samples_written']} samples, {stats['seconds']} s; when every part is done: "
+                  f"vlp-prep merge-stats --output {args.output}")
+            return 0
     except EmptyIngestError as err:
         print(f"vlp-prep ingest: error: {err}\n(stats: {args.output}/stats.json)", file=sys.stderr)
         return 1
@@ -92,3 +110,4 @@ def _run_ingest(args: argparse.Namespace) -> int:
           f"({stats['shards_reused']} reused), {stats['bytes']} bytes, {stats['seconds']} s; "
           f"skipped {stats['skipped_total']} ({skipped}); stats: {args.output}/stats.json")
     return 0
+
