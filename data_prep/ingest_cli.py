@@ -49,6 +49,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--max-aspect-ratio", type=float, default=0.0, help="skip images with long/short side above this (0: off)")
     p.add_argument("--min-caption-chars", type=int, default=1, help="drop captions shorter than this")
     p.add_argument("--max-caption-chars", type=int, default=0, help="drop captions longer than this (0: no limit)")
+    p.add_argument("--languages", default="", help="keep captions whose identified language is one of these "
+                   "(comma list of py3langid codes, e.g. en,de); a sample with no such caption is skipped as 'language'")
+    p.add_argument("--min-language-prob", type=float, default=0.0,
+                   help="with --languages: also require this probability of the caption's language")
     p.add_argument("--dedup", action="store_true", help="drop exact duplicate images (same bytes); keep the first")
     p.add_argument("--shard-samples", "--shard-size", type=int, default=10_000, dest="shard_samples",
                    help="most samples per shard (--shard-size is the same option)")
@@ -80,6 +84,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         resize_mode=args.resize_mode, upscale=args.upscale, image_format=args.image_format,
         quality=args.quality, min_size=args.min_size, max_aspect_ratio=args.max_aspect_ratio,
         min_caption_chars=args.min_caption_chars, max_caption_chars=args.max_caption_chars,
+        languages=args.languages, min_language_prob=args.min_language_prob,
         dedup=args.dedup, shard_samples=args.shard_samples, shard_bytes=args.shard_bytes,
         workers=args.workers, seed=args.seed,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, strict=args.strict,

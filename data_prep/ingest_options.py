@@ -34,6 +34,8 @@ class IngestOptions:
     max_aspect_ratio: float = 0.0  # skip images with longer/shorter side above this (0: off)
     min_caption_chars: int = 1  # captions shorter than this (after stripping) are dropped
     max_caption_chars: int = 0  # captions longer than this are dropped (0: no limit)
+    languages: str = ""  # keep captions in these languages ('en,de'; py3langid codes); '' = no filter
+    min_language_prob: float = 0.0  # with languages: also require this probability of the language
     dedup: bool = False  # drop exact duplicate images (same SHA-256 of the source bytes); first kept
     shard_samples: int = 10_000  # most samples per shard
     shard_bytes: int = 0  # also close a shard when its estimated encoded bytes reach this (0: off)
@@ -64,6 +66,12 @@ class IngestOptions:
             raise ValueError(f"max_aspect_ratio must be 0 (off) or >= 1, got {self.max_aspect_ratio}")
         if self.max_caption_chars and self.max_caption_chars < self.min_caption_chars:
             raise ValueError("max_caption_chars must be >= min_caption_chars")
+        if not 0 <= self.min_language_prob <= 1:
+            raise ValueError(f"min_language_prob must be in [0, 1], got {self.min_language_prob}")
+        if self.languages:
+            from data_prep.language import parse_languages
+
+            parse_languages(self.languages)
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         check_template(self.caption_template)
@@ -77,4 +85,7 @@ class IngestOptions:
             out.pop(name)
         if self.caption_template == DEFAULT_TEMPLATE:  # keeps ingest.json of earlier versions resumable
             out.pop("caption_template")
+        if not self.languages:  # the same: options added later are recorded only when set
+            out.pop("languages")
+            out.pop("min_language_prob")
         return out

@@ -13,17 +13,19 @@ import io
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from data_prep.ingest_options import IngestOptions
+from data_prep.language import LanguageFilter, parse_languages
 from data_prep.readers.base import ImageSource, Record, describe, read_image_bytes
 
 SKIP_REASONS: tuple[str, ...] = (
     "missing_file", "missing_caption", "bad_row", "empty_file", "unreadable_image", "truncated_image",
     "decompression_bomb", "too_small", "aspect_ratio", "caption_not_utf8", "caption_empty",
-    "caption_too_short", "caption_too_long", "duplicate",
+    "caption_too_short", "caption_too_long", "language", "duplicate",
 )
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _PIL_FORMAT = {"jpg": "JPEG", "webp": "WEBP"}
@@ -66,7 +68,16 @@ def check_caption(caption: str | bytes, opts: IngestOptions) -> tuple[str | None
         return None, "caption_too_short"
     if opts.max_caption_chars and len(text) > opts.max_caption_chars:
         return None, "caption_too_long"
+    if opts.languages:
+        reason = _language_filter(opts.languages, opts.min_language_prob).check(text)
+        if reason:
+            return None, reason
     return text, None
+
+
+@lru_cache(maxsize=4)
+def _language_filter(languages: str, min_probability: float) -> LanguageFilter:
+    return LanguageFilter(parse_languages(languages), min_probability)
 
 
 def output_size(width: int, height: int, opts: IngestOptions) -> tuple[int, int]:
