@@ -59,7 +59,8 @@ class ChunkTask:
 def open_inputs(opts: IngestOptions) -> list[OpenedInput]:
     """A reader for every input path, in order (errors name the path and the format)."""
     return [open_reader(path, opts.format, image_column=opts.image_column, caption_column=opts.caption_column,
-                        image_root=opts.image_root, caption_template=opts.caption_template)
+                        image_root=opts.image_root, caption_template=opts.caption_template,
+                        class_names=opts.class_names)
             for path in opts.inputs]
 
 
@@ -79,7 +80,7 @@ _OPENED: dict[tuple, list[OpenedInput]] = {}
 def _cached_inputs(opts: IngestOptions) -> list[OpenedInput]:
     """The inputs' readers, built once per process (a listing reader lists its folder once)."""
     key = (tuple(opts.inputs), opts.format, opts.image_column, opts.caption_column, opts.image_root,
-           opts.caption_template)
+           opts.caption_template, opts.class_names)
     if key not in _OPENED:
         _OPENED.clear()
         _OPENED[key] = open_inputs(opts)

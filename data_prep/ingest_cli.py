@@ -38,6 +38,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--caption-column", default="caption", help="table/JSONL caption column")
     p.add_argument("--caption-template", default=DEFAULT_TEMPLATE,
                    help="imagefolder caption; '{}' is the class name (underscores read as spaces)")
+    p.add_argument("--class-names", default=None, help="class-per-folder input: file naming its folders "
+                   "(ImageNet's LOC_synset_mapping.txt, 'FOLDER<TAB>NAME' lines, or JSON); captions and "
+                   "classnames.txt use the names")
     p.add_argument("--image-root", default=None, help="folder relative image paths start from (COCO: the images)")
     p.add_argument("--resize", type=int, default=0, help="target side in pixels (0: keep size)")
     p.add_argument("--resize-mode", default="shorter", choices=("shorter", "longer"),
@@ -80,7 +83,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     opts = IngestOptions(
         inputs=args.inputs, output=args.output, format=args.format, image_column=args.image_column,
         caption_column=args.caption_column, image_root=args.image_root,
-        caption_template=args.caption_template, resize=args.resize,
+        caption_template=args.caption_template, class_names=args.class_names, resize=args.resize,
         resize_mode=args.resize_mode, upscale=args.upscale, image_format=args.image_format,
         quality=args.quality, min_size=args.min_size, max_aspect_ratio=args.max_aspect_ratio,
         min_caption_chars=args.min_caption_chars, max_caption_chars=args.max_caption_chars,

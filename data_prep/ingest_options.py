@@ -25,6 +25,7 @@ class IngestOptions:
     caption_column: str = "caption"  # table/jsonl field holding the caption (a list is allowed in jsonl)
     image_root: str | None = None  # folder that relative image paths start from (default: the input's folder)
     caption_template: str = DEFAULT_TEMPLATE  # imagefolder caption; '{}' is the class name
+    class_names: str | None = None  # imagefolder: file naming the class folders (ImageNet wnid -> name)
     resize: int = 0  # target side in pixels for --resize-mode (0: keep the original size)
     resize_mode: str = "shorter"  # which side --resize sets: shorter | longer (aspect ratio is kept)
     upscale: bool = False  # also enlarge images smaller than --resize (default: only shrink)
@@ -85,6 +86,8 @@ class IngestOptions:
             out.pop(name)
         if self.caption_template == DEFAULT_TEMPLATE:  # keeps ingest.json of earlier versions resumable
             out.pop("caption_template")
+        if self.class_names is None:
+            out.pop("class_names")
         if not self.languages:  # the same: options added later are recorded only when set
             out.pop("languages")
             out.pop("min_language_prob")

@@ -120,3 +120,38 @@ def test_class_inputs_with_different_classes_are_refused(tmp_path: Path) -> None
         run_ingest(opts, progress=False)
     with pytest.raises(ValueError, match="--caption-template must hold one '{}'"):
         run_ingest(IngestOptions(inputs=[str(tmp_path / "a")], output=str(tmp_path / "o"), caption_template="x"))
+
+
+@pytest.mark.parametrize("mapping_kind", ["synset_mapping", "json_index"])
+def test_imagenet_style_tree_is_captioned_from_its_class_names(tmp_path: Path, mapping_kind: str) -> None:
+    """train/<wnid>/*.JPEG with LOC_synset_mapping.txt (or Keras' class index JSON): captions and
+    classnames.txt use the names, labels the sorted wnid order, the wnid stays in the meta."""
+    write_image(tmp_path / "train" / "n02084071" / "n02084071_1.JPEG", 1)
+    write_image(tmp_path / "train" / "n01440764" / "n01440764_7.JPEG", 2)
+    write_image(tmp_path / "train" / "n01440764" / "n01440764_3.JPEG", 3)
+    if mapping_kind == "synset_mapping":
+        names = tmp_path / "LOC_synset_mapping.txt"
+        names.write_text("n01440764 tench, Tinca tinca\nn02084071 dog, domestic dog, Canis familiaris\n")
+    else:
+        names = tmp_path / "imagenet_class_index.json"
+        names.write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n02084071", "dog"]}))
+    out = tmp_path / "out"
+    assert prep_main(["ingest", "--input", str(tmp_path / "train"), "--output", str(out), "--class-names", str(names),
+                      "--caption-template", "a photo of a {}, a type of animal.", "--no-progress"]) == 0
+    assert (out / "classnames.txt").read_text() == "tench\ndog\n"
+    samples = _samples(out)
+    assert [s["txt"] for s in samples] == [b"a photo of a tench, a type of animal."] * 2 + \
+        [b"a photo of a dog, a type of animal."]
+    assert [s["cls"] for s in samples] == [b"0", b"0", b"1"]
+    meta = json.loads(samples[0]["json"])
+    assert (meta["classname"], meta["folder"], meta["source_id"]) == ("tench", "n01440764", "n01440764/n01440764_3.JPEG")
+
+
+def test_a_class_folder_without_a_name_is_refused(tmp_path: Path, capsys) -> None:
+    write_image(tmp_path / "train" / "n01440764" / "a.JPEG", 1)
+    write_image(tmp_path / "train" / "n09999999" / "b.JPEG", 2)
+    (tmp_path / "names.txt").write_text("n01440764\ttench\n")
+    assert prep_main(["ingest", "--input", str(tmp_path / "train"), "--output", str(tmp_path / "out"),
+                      "--class-names", str(tmp_path / "names.txt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no name for the class folder(s) ['n09999999']" in err

@@ -90,7 +90,7 @@ class OpenedInput:
 
 def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "image",
                 caption_column: str = "caption", image_root: str | Path | None = None,
-                caption_template: str = DEFAULT_TEMPLATE) -> OpenedInput:
+                caption_template: str = DEFAULT_TEMPLATE, class_names: str | Path | None = None) -> OpenedInput:
     """A reader over ``path`` (options apply where the format has them)."""
     if format not in reader_names():
         raise ValueError(f"unknown input format {format!r}; choose one of {', '.join(reader_names())}")
@@ -102,7 +102,7 @@ def open_reader(path: str | Path, format: str = "auto", *, image_column: str = "
     reader_format = READERS[format]
     if path.is_dir() != reader_format.directory:
         raise reader_error(path, format, f"it is a {'directory' if path.is_dir() else 'file'}")
-    options = ReaderOptions(image_column, caption_column, image_root, caption_template)
+    options = ReaderOptions(image_column, caption_column, image_root, caption_template, class_names)
     try:
         reader = reader_format.build(path, options)
     except LayoutError as err:

@@ -8,10 +8,17 @@ Each record's caption is ``template`` with ``{}`` replaced by the class name, un
 spaces (``golden_retriever`` -> ``a photo of a golden retriever.``); its meta holds ``label`` (the
 index) and ``classname`` (the folder name). An image directly in ``root`` has no class and is
 yielded with error ``missing_caption``.
+
+An ImageNet-style tree names its folders by WordNet id (``train/n01440764/*.JPEG``): ``class_names``
+maps folder names to the names captions and ``classnames.txt`` use (:func:`read_class_names`:
+ImageNet's ``LOC_synset_mapping.txt`` lines ``n01440764 tench, Tinca tinca`` (the first name is
+used), ``FOLDER<TAB>NAME`` lines, a JSON object {folder: name}, or Keras'
+``imagenet_class_index.json`` {"0": [wnid, name]}). Labels stay the sorted folder order.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +37,30 @@ def check_template(template: str) -> str:
 def class_caption(template: str, classname: str) -> str:
     """The caption of an image of class ``classname`` (underscores read as spaces)."""
     return template.replace("{}", classname.replace("_", " "))
+
+
+def read_class_names(path: str | Path) -> dict[str, str]:
+    """{folder name: class name} from a mapping file (formats in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--class-names file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        if all(isinstance(v, list) and len(v) == 2 for v in raw.values()):  # {"0": ["n01440764", "tench"]}
+            return {str(v[0]): str(v[1]) for v in raw.values()}
+        return {str(k): str(v) for k, v in raw.items()}
+    names: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        folder, _, rest = line.strip().partition("\t" if "\t" in line else " ")
+        if not rest.strip():
+            raise ValueError(f"{path}:{number}: expected 'FOLDER NAME', got {line!r}")
+        names[folder.strip()] = rest.split(",")[0].strip()
+    return names
 
 
 def class_folders(root: str | Path) -> list[str]:
@@ -59,27 +90,35 @@ def is_class_tree(root: str | Path) -> bool:
 class ImageFolderReader:
     """Images of class sub-folders of ``root`` as records captioned from ``template``."""
 
-    def __init__(self, root: str | Path, *, template: str = DEFAULT_TEMPLATE) -> None:
+    def __init__(self, root: str | Path, *, template: str = DEFAULT_TEMPLATE,
+                 class_names: str | Path | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"input folder not found: {self.root}")
         self.template = check_template(template)
-        self.classnames: list[str] = class_folders(self.root)
+        self.folders: list[str] = class_folders(self.root)
+        mapping = read_class_names(class_names) if class_names else {}
+        unnamed = [f for f in self.folders if mapping and f not in mapping]
+        if unnamed:
+            raise ValueError(f"--class-names {class_names} has no name for the class folder(s) "
+                             f"{unnamed[:5]}{' ...' if len(unnamed) > 5 else ''}")
+        self.classnames: list[str] = [mapping.get(f, f) for f in self.folders]
 
     def __iter__(self) -> Iterator[Record]:
         for path in sorted(p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
             yield Record(path.name, str(path), [], {}, error="missing_caption")
-        for label, name in enumerate(self.classnames):
-            folder = self.root / name
+        for label, (folder_name, name) in enumerate(zip(self.folders, self.classnames)):
+            folder = self.root / folder_name
             images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                             and not any(part.startswith(".") for part in p.relative_to(folder).parts))
             caption = class_caption(self.template, name)
+            meta = {LABEL_KEY: label, "classname": name, **({"folder": folder_name} if folder_name != name else {})}
             for path in images:
-                yield Record(str(path.relative_to(self.root)), str(path), [caption],
-                             {LABEL_KEY: label, "classname": name})
+                yield Record(str(path.relative_to(self.root)), str(path), [caption], dict(meta))
 
 
 register_reader(ReaderFormat(
     "imagefolder", "a directory of class sub-folders holding images, no captions (DIR/cat/1.jpg, DIR/dog/2.png)",
-    directory=True, build=lambda path, options: ImageFolderReader(path, template=options.caption_template),
+    directory=True, build=lambda path, options: ImageFolderReader(path, template=options.caption_template,
+                                                                  class_names=options.class_names),
     claims=is_class_tree, priority=10))

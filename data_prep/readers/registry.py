@@ -25,6 +25,8 @@ class ReaderOptions:
     caption_column: str = "caption"
     image_root: str | Path | None = None
     caption_template: str = DEFAULT_TEMPLATE
+    class_names: str | Path | None = None
+    """imagefolder: a file naming the class folders (``data_prep.readers.imagefolder.read_class_names``)."""
 
 
 @dataclass(frozen=True)
