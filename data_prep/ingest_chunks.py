@@ -1,19 +1,23 @@
 """Ingest's unit of work: chunk tasks (``data_prep.ingest`` explains the design).
 
-:func:`list_chunk_tasks` cuts the input into chunks, :func:`run_chunk_task` writes one chunk's
-shard(s), hash sidecar and done marker, :func:`done_state` reads a marker back. These, with
-``data_prep.ingest_finalize.finalize``, are what an engine (``data_prep.engines``) runs.
+:func:`list_chunk_tasks` cuts the input into chunks (and records them in ``ingest.json``),
+:func:`run_chunk_task` writes one chunk's shard(s), hash sidecar and done marker, :func:`done_state`
+reads a marker back. These, with ``data_prep.ingest_finalize.finalize``, are what an engine
+(``data_prep.engines``) runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from data_prep.ingest_errors import EmptyIngestError, IngestError  # noqa: F401 (re-exported)
+from data_prep.ingest_manifest import MANIFEST_LAYOUT, MANIFEST_NAME, build_manifest, check_manifest  # noqa: F401
 from data_prep.ingest_options import IngestOptions
 from data_prep.ingest_process import Skip, encode_entry, inspect_record
 from data_prep.readers import OpenedInput, Record, RecordRange, open_reader
@@ -22,26 +26,11 @@ from data_prep.shard_writer import ShardWriter, encode_json, write_text_atomic
 from vlp.utils.atomic import write_json_atomic
 
 STATE_DIR = "ingest_state"
-MANIFEST_NAME = "ingest.json"
 STATS_NAME = "stats.json"
-MANIFEST_LAYOUT = "chunks-1"
-"""ingest.json's layout: chunks of shard_samples records, keys = input positions."""
 CLASSNAMES_NAME = "classnames.txt"
 # Reasons that are bad input (``--strict`` stops on them); the rest are filters the user chose.
 BAD_INPUT = frozenset({"missing_file", "missing_caption", "bad_row", "empty_file", "unreadable_image",
                        "truncated_image", "decompression_bomb", "caption_not_utf8", "caption_empty"})
-
-
-class IngestError(RuntimeError):
-    """A ``--strict`` failure or an output folder that belongs to a different ingest."""
-
-
-class EmptyIngestError(IngestError):
-    """The ingest wrote no sample; ``stats`` are the counts (also in stats.json)."""
-
-    def __init__(self, message: str, stats: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.stats = stats
 
 
 @dataclass(frozen=True)
@@ -77,29 +66,46 @@ def shared_classnames(inputs: list[OpenedInput]) -> list[str] | None:
 _OPENED: dict[tuple, list[OpenedInput]] = {}
 
 
+def _input_state(path: str) -> tuple:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path,)
+    return (path, stat.st_size, stat.st_mtime_ns)
+
+
 def _cached_inputs(opts: IngestOptions) -> list[OpenedInput]:
-    """The inputs' readers, built once per process (a listing reader lists its folder once)."""
-    key = (tuple(opts.inputs), opts.format, opts.image_column, opts.caption_column, opts.image_root,
-           opts.caption_template, opts.class_names)
+    """The inputs' readers, built once per process while the inputs are unchanged (a listing
+    reader lists its folder once, not once per chunk)."""
+    key = (tuple(_input_state(p) for p in opts.inputs), opts.format, opts.image_column, opts.caption_column,
+           opts.image_root, opts.caption_template, opts.class_names)
     if key not in _OPENED:
         _OPENED.clear()
         _OPENED[key] = open_inputs(opts)
     return _OPENED[key]
 
 
-def list_chunk_tasks(opts: IngestOptions, inputs: list[OpenedInput] | None = None
-                     ) -> tuple[list[ChunkTask], list[int]]:
-    """(every chunk of the input in order, the record count of each input)."""
+def forget_inputs() -> None:
+    """Drop the readers cached in this process (a new run lists its inputs afresh)."""
+    _OPENED.clear()
+
+
+def list_chunk_tasks(opts: IngestOptions) -> list[ChunkTask]:
+    """Every chunk of the input, in order; records them in ``opts.output``'s ``ingest.json``, or
+    checks them against the one there (IngestError naming what differs: an option, an input
+    changed since). Reads no image: Parquet metadata, one offset pass over CSV/JSONL, listings."""
+    inputs = _cached_inputs(opts)
+    shared_classnames(inputs)  # different class lists refuse before any work
     tasks: list[ChunkTask] = []
-    counts: list[int] = []
+    ranges = []
     first = 0
-    for i, opened in enumerate(_cached_inputs(opts) if inputs is None else inputs):
-        ranges = opened.ranges(opts.shard_samples)
-        for rng in ranges:
+    for i, opened in enumerate(inputs):
+        ranges.append(opened.ranges(opts.shard_samples))
+        for rng in ranges[-1]:
             tasks.append(ChunkTask(len(tasks), opts.pattern % len(tasks), i, rng, first + rng.start))
-        counts.append(sum(r.count for r in ranges))
-        first += counts[-1]
-    return tasks, counts
+        first += sum(r.count for r in ranges[-1])
+    check_manifest(Path(opts.output), build_manifest(opts.fingerprint(), inputs, ranges))
+    return tasks
 
 
 def _fail_or_count(skip: Skip, counts: Counter, strict: bool) -> None:

@@ -23,7 +23,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
             "as key.cls and writes classnames.txt. An ingest that writes no sample exits with status 1. "
             "The input is cut into chunks of --shard-samples records, one shard each, keys = input "
             "positions: --part i/N runs chunks c %% N == i (N independent jobs; then merge-stats), "
-            "--engine ray runs them as Ray tasks (--ray-address for a cluster)."
+            "--engine ray runs them as Ray tasks (--ray-address for a cluster). --dedup is exact over the "
+            "whole output (the first copy in key order is kept)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -61,7 +62,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="most samples per shard (--shard-size is the same option)")
     p.add_argument("--shard-bytes", type=int, default=0, help="also cap a shard's estimated bytes (0: off)")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument("--seed", type=int, default=None, help="shuffle records with this seed (default: input order)")
+    p.add_argument("--seed", type=int, default=None, help="shuffle the records within each chunk (seeded by this and the chunk index; keys stay input "
+                   "positions; default: input order)")
     p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb cap on width*height "
                    "(default: Pillow's, 89478485)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of skipping it")

@@ -38,10 +38,10 @@ class IngestOptions:
     languages: str = ""  # keep captions in these languages ('en,de'; py3langid codes); '' = no filter
     min_language_prob: float = 0.0  # with languages: also require this probability of the language
     dedup: bool = False  # drop exact duplicate images (same SHA-256 of the source bytes); first kept
-    shard_samples: int = 10_000  # most samples per shard
+    shard_samples: int = 10_000  # records per chunk = most samples per shard
     shard_bytes: int = 0  # also close a shard when its estimated encoded bytes reach this (0: off)
     workers: int = 1  # worker processes (1: in-process)
-    seed: int | None = None  # shuffle the record order with this seed (None: input order)
+    seed: int | None = None  # shuffle the records within each chunk (seed, chunk index); None: input order
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb cap on width*height
     strict: bool = False  # fail on the first bad record, naming it, instead of skipping it
     pattern: str = "shard-%06d.tar"  # shard file name pattern

@@ -1,8 +1,9 @@
 """Per-record work of ingestion, pure functions run in worker processes.
 
-:func:`inspect_record` is the cheap planning step (captions, file bytes, SHA-256, image header:
+:func:`inspect_record` is the cheap check step (captions, file bytes, SHA-256, image header:
 decompression-bomb cap, minimum size, aspect ratio); :func:`encode_entry` is the expensive step
-(full decode, orientation, resize, encode) that only finds truncated or corrupt pixel data.
+(full decode, orientation, resize, encode) that only finds truncated or corrupt pixel data. A
+chunk task runs both on one record after the other, so the bytes are read once.
 Both return either a result or a :class:`Skip` with a reason from :data:`SKIP_REASONS`.
 """
 
@@ -52,6 +53,8 @@ class PlanEntry:
     sha256: str
     est_bytes: int
     dropped_captions: list[str] = field(default_factory=list)
+    data: bytes | None = field(default=None, repr=False)
+    """The source bytes read by the checks (kept for encoding, so a record is read once)."""
 
 
 def check_caption(caption: str | bytes, opts: IngestOptions) -> tuple[str | None, str | None]:
@@ -150,13 +153,13 @@ def inspect_record(record: Record, opts: IngestOptions) -> PlanEntry | Skip:
     out_w, out_h = output_size(width, height, opts)
     est = max(1, round(len(data) * (out_w * out_h) / (width * height)))
     return PlanEntry(record.source_id, record.image, captions, dict(record.meta), width, height,
-                     hashlib.sha256(data).hexdigest(), est, dropped)
+                     hashlib.sha256(data).hexdigest(), est, dropped, data)
 
 
 def encode_entry(entry: PlanEntry, opts: IngestOptions) -> tuple[bytes, tuple[int, int]] | Skip:
     """Decode, orient, convert to RGB, resize and encode one planned image -> (bytes, (w, h))."""
     name = describe(entry.image, entry.source_id)
-    data = _read(entry.image)
+    data = entry.data if entry.data is not None else _read(entry.image)
     if isinstance(data, Skip):
         return Skip(data.reason, name)
     try:

@@ -79,6 +79,7 @@ def test_merge_names_the_missing_part_and_finalize_twice_changes_nothing(tmp_pat
     assert prep_main(["merge-stats", "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "3 of 7 chunks" in err and "shard-000001.tar" in err and "shard-000005.tar" in err
+    assert "parts not finished: 1/2" in err
     run_ingest(_opts(table, out), progress=False, part=(1, 2))
     first = merge_stats(out)
     tree = _tree(out)
@@ -113,6 +114,79 @@ def test_an_interrupted_dedup_rewrite_is_redone(tmp_path: Path) -> None:
     assert _tree(out) == clean
 
 
+def test_engine_contract_any_order_any_repeat(tmp_path: Path) -> None:
+    """What an engine does: list the tasks once, ship them (pickled), run each anywhere, in any
+    order, some twice, then finalize: the same output as one job."""
+    import pickle
+
+    from data_prep.ingest import finalize, list_chunk_tasks, run_chunk_task
+
+    table = _table(tmp_path / "in")
+    one = run_ingest(_opts(table, tmp_path / "one"), progress=False)
+    opts = _opts(table, tmp_path / "engine")
+    tasks = list_chunk_tasks(opts)
+    assert [t.name for t in tasks] == [f"shard-{i:06d}.tar" for i in range(7)]
+    assert [t.first_key for t in tasks] == [0, 4, 8, 12, 16, 20, 24] and len(pickle.dumps(tasks[0])) < 400
+    shipped = pickle.loads(pickle.dumps((tasks, opts)))
+    states = [run_chunk_task(t, shipped[1]) for t in reversed(shipped[0])]
+    assert run_chunk_task(shipped[0][2], shipped[1]) == states[-3]  # a task run again: same marker
+    assert sum(s["written"] for s in states) == 23 and states[-2]["skipped"] == {"missing_file": 1}
+    stats = finalize(opts)
+    assert _tree(tmp_path / "engine") == _tree(tmp_path / "one")
+    assert {k: v for k, v in stats.items() if k not in TIMING} == {k: v for k, v in one.items() if k not in TIMING}
+
+
+def test_resume_after_a_killed_chunk_rewrites_only_that_shard(tmp_path: Path) -> None:
+    table = _table(tmp_path / "in")
+    out = tmp_path / "out"
+    run_ingest(_opts(table, out), progress=False)
+    clean = _tree(out)
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar")}
+    # chunk 2 killed mid-write: no shard, no marker, a partial temporary left behind
+    (out / "shard-000002.tar").unlink()
+    (out / "ingest_state" / "shard-000002.tar.json").unlink()
+    (out / ".shard-000002.tar.k1ll.tmp").write_bytes(b"partial")
+    resumed = run_ingest(_opts(table, out), progress=False)
+    assert resumed["shards_written"] == 1 and resumed["shards_reused"] == 6
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar")}
+    assert [n for n in after if after[n] != before[n]] == ["shard-000002.tar"]
+    assert _tree(out) == clean and not list(out.glob(".*.tmp"))
+    assert resumed["skipped"]["duplicate"] == 3  # record 11 (a copy of 1) dropped again
+
+
+def test_a_deduplicated_shard_is_the_shard_of_its_kept_samples(tmp_path: Path) -> None:
+    """finalize's rewrite copies the kept members as they were: the same bytes as ShardWriter
+    writing only the kept samples."""
+    import io
+
+    from data_prep.shard_writer import FIXED_MTIME, SampleTarWriter
+
+    out = tmp_path / "out"
+    run_ingest(_opts(_table(tmp_path / "in"), out), progress=False)
+    shard = out / "shard-000005.tar"  # records 20..23, 20 a copy of record 0
+    members = read_tar_members(shard)
+    assert sorted({n.split(".")[0] for n in members}) == ["000000021", "000000022", "000000023"]
+    buffer = io.BytesIO()
+    writer = SampleTarWriter(buffer, mtime=FIXED_MTIME)
+    for key in sorted({n.split(".")[0] for n in members}):
+        writer.write({"__key__": key, **{n.split(".", 1)[1]: v for n, v in members.items() if n.startswith(key)}})
+    writer.close()
+    assert shard.read_bytes() == buffer.getvalue()
+
+
+def test_an_input_changed_between_parts_is_refused_by_name(tmp_path: Path) -> None:
+    from data_prep.ingest import IngestError
+
+    table = _table(tmp_path / "in")
+    run_ingest(_opts(table, tmp_path / "out"), progress=False, part=(0, 2))
+    with open(table, "a") as handle:
+        handle.write("i2.jpg,one more\n")
+    with pytest.raises(IngestError, match=r"pairs.csv changed since \(records 26 -> 27, bytes"):
+        run_ingest(_opts(table, tmp_path / "out"), progress=False, part=(1, 2))
+    with pytest.raises(IngestError, match="pairs.csv changed since"):
+        merge_stats(tmp_path / "out")
+
+
 def _dies_once(task, opts, marker: Path) -> dict:
     """A chunk task whose first attempt leaves a partial temporary file and kills its worker."""
     import os
@@ -145,10 +219,10 @@ def test_ray_runs_the_same_chunks_and_retries_a_dead_worker(tmp_path: Path) -> N
     out = tmp_path / "killed"
     out.mkdir()
     opts = _opts(table, out, workers=2)
-    tasks, _ = list_chunk_tasks(opts)
+    tasks = list_chunk_tasks(opts)
     marker = tmp_path / "died-once"
     states = list(run_tasks("ray", partial(_dies_once, marker=marker), tasks, opts, workers=2))
     assert marker.is_file() and len(states) == len(tasks)  # the dead worker's task ran again
-    stats = finalize(opts, tasks)
+    stats = finalize(opts)
     assert _tree(out) == _tree(tmp_path / "local") and stats["samples_written"] == local["samples_written"]
     assert not list(out.glob(".*.tmp"))  # the retry swept the dead attempt's temporary file

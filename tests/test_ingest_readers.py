@@ -143,3 +143,50 @@ def test_unknown_format_errors(tmp_path: Path) -> None:
         detect_format(tmp_path / "x.bin")
     with pytest.raises(ValueError, match="unknown input format"):
         open_reader(tmp_path, "nope")
+
+
+def _range_fixtures(root: Path) -> dict[str, Path]:
+    """One small input per reader, each with a record the reader flags and (text formats) a
+    quoted newline, blank lines and several row groups / tars."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    for i in range(7):
+        write_image(root / "folder" / f"{i}.jpg", i)
+        if i != 3:
+            (root / "folder" / f"{i}.txt").write_text(f"caption {i}")
+        write_image(root / "classes" / ("cat" if i < 3 else "dog") / f"{i}.jpg", i)
+    with open(root / "t.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        for i in range(7):
+            writer.writerow([f"folder/{i}.jpg", "two\nlines" if i == 2 else f"c{i}"])
+    (root / "t.jsonl").write_text("\n".join(["", *(json.dumps({"image": f"folder/{i}.jpg", "caption": f"c{i}"})
+                                                   for i in range(6)), "{bad", ""]))
+    pq.write_table(pa.table({"image": [f"folder/{i}.jpg" for i in range(7)], "caption": [f"c{i}" for i in range(7)]}),
+                   root / "t.parquet", row_group_size=3)
+    ann = {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(6)],
+           "annotations": [{"image_id": i, "caption": f"c{i}"} for i in range(5)]}
+    (root / "coco.json").write_text(json.dumps(ann))
+    write_img2dataset(root / "i2d", [(f"{i:09d}", image_bytes(i), f"c{i}") for i in range(3)])
+    write_img2dataset(root / "tmp2", [(f"{i:09d}", image_bytes(i), f"c{i}") for i in range(3, 7)])
+    (root / "tmp2" / "00000.tar").rename(root / "i2d" / "00001.tar")
+    return {"folder": root / "folder", "imagefolder": root / "classes", "table": root / "t.csv",
+            "jsonl": root / "t.jsonl", "parquet": root / "t.parquet", "coco": root / "coco.json", "img2dataset": root / "i2d"}
+
+
+def test_every_reader_reads_its_ranges_as_its_whole_iteration(tmp_path: Path) -> None:
+    """Chunks of any size, each read on its own (a fresh reader, as another process would),
+    concatenate to the reader's whole iteration, in order."""
+    fixtures = _range_fixtures(tmp_path)
+    as_tuple = lambda r: (r.source_id, r.image, r.captions, r.meta, r.error)  # noqa: E731
+    for name, path in fixtures.items():
+        kwargs = {"image_root": path.parent / "folder"} if name == "coco" else {}
+        whole = [as_tuple(r) for r in open_reader(path, **kwargs)]
+        assert len(whole) >= 6, name
+        for size in (1, 2, 3, 4, 100):
+            ranges = open_reader(path, **kwargs).ranges(size)
+            assert [(r.start, r.count) for r in ranges] == [(s, min(size, len(whole) - s))
+                                                            for s in range(0, len(whole), size)], (name, size)
+            pieces = [as_tuple(r) for rng in ranges for r in open_reader(path, **kwargs).read_range(rng)]
+            assert pieces == whole, (name, size)

@@ -14,16 +14,20 @@ maps folder names to the names captions and ``classnames.txt`` use (:func:`read_
 ImageNet's ``LOC_synset_mapping.txt`` lines ``n01440764 tench, Tinca tinca`` (the first name is
 used), ``FOLDER<TAB>NAME`` lines, a JSON object {folder: name}, or Keras'
 ``imagenet_class_index.json`` {"0": [wnid, name]}). Labels stay the sorted folder order.
+
+The listing (paths and labels) is made once per reader; ``ranges`` / ``read_range`` cut it into
+ranges (``data_prep.readers.ranges``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List, Optional, Tuple
 
 from data_prep.readers.base import IMAGE_EXTENSIONS, LABEL_KEY, Record
 from data_prep.readers.detect import is_hidden
+from data_prep.readers.ranges import RecordRange, even_ranges
 from data_prep.readers.registry import DEFAULT_TEMPLATE, ReaderFormat, register_reader
 
 
@@ -103,19 +107,38 @@ class ImageFolderReader:
             raise ValueError(f"--class-names {class_names} has no name for the class folder(s) "
                              f"{unnamed[:5]}{' ...' if len(unnamed) > 5 else ''}")
         self.classnames: list[str] = [mapping.get(f, f) for f in self.folders]
+        self._listing: Optional[List[Tuple[Path, Optional[int]]]] = None
+
+    def listing(self) -> List[Tuple[Path, Optional[int]]]:
+        """(image path, label or None for an image directly in root) in record order; listed once."""
+        if self._listing is None:
+            top = sorted(p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            listing: List[Tuple[Path, Optional[int]]] = [(path, None) for path in top]
+            for label, folder_name in enumerate(self.folders):
+                folder = self.root / folder_name
+                listing.extend((p, label) for p in sorted(
+                    p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(folder).parts)))
+            self._listing = listing
+        return self._listing
+
+    def _record(self, path: Path, label: Optional[int]) -> Record:
+        if label is None:
+            return Record(path.name, str(path), [], {}, error="missing_caption")
+        folder_name, name = self.folders[label], self.classnames[label]
+        meta = {LABEL_KEY: label, "classname": name, **({"folder": folder_name} if folder_name != name else {})}
+        return Record(str(path.relative_to(self.root)), str(path), [class_caption(self.template, name)], meta)
 
     def __iter__(self) -> Iterator[Record]:
-        for path in sorted(p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-            yield Record(path.name, str(path), [], {}, error="missing_caption")
-        for label, (folder_name, name) in enumerate(zip(self.folders, self.classnames)):
-            folder = self.root / folder_name
-            images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-            caption = class_caption(self.template, name)
-            meta = {LABEL_KEY: label, "classname": name, **({"folder": folder_name} if folder_name != name else {})}
-            for path in images:
-                yield Record(str(path.relative_to(self.root)), str(path), [caption], dict(meta))
+        for path, label in self.listing():
+            yield self._record(path, label)
 
+    def ranges(self, size: int) -> List[RecordRange]:
+        return even_ranges(len(self.listing()), size)
+
+    def read_range(self, rng: RecordRange) -> Iterator[Record]:
+        for path, label in self.listing()[rng.start: rng.start + rng.count]:
+            yield self._record(path, label)
 
 register_reader(ReaderFormat(
     "imagefolder", "a directory of class sub-folders holding images, no captions (DIR/cat/1.jpg, DIR/dog/2.png)",

@@ -5,6 +5,10 @@ Each sample's ``key.jpg`` (or png/webp), ``key.txt`` and ``key.json`` are groupe
 image is referenced as a byte range inside the tar (nothing is extracted). The per-sample JSON's
 ``url``, ``key``, ``width``/``height`` and ``original_width``/``original_height`` are kept in
 ``meta``. Only uncompressed tars are read (img2dataset never compresses them).
+
+Ranges (``data_prep.readers.ranges``) come from one pass over the tars' member headers (samples
+per tar); a range starts at (tar, sample in it), carried as ``RecordRange.offset`` and ``.line``,
+so a chunk reads only the tars it spans.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List
 
 from data_prep.readers.base import IMAGE_EXTENSIONS, ByteRange, LayoutError, Record
+from data_prep.readers.ranges import RecordRange
 from data_prep.readers.registry import ReaderFormat, register_reader
 
 META_KEYS = ("url", "key", "width", "height", "original_width", "original_height", "status")
@@ -62,6 +67,37 @@ class Img2DatasetReader:
     def __iter__(self) -> Iterator[Record]:
         for tar_path in self.tars:
             yield from self._records(tar_path)
+
+    def _sample_count(self, tar_path: Path) -> int:
+        with tarfile.open(tar_path, "r:") as tar:
+            return len({m.name.partition(".")[0] for m in tar.getmembers() if m.isfile()})
+
+    def ranges(self, size: int) -> List[RecordRange]:
+        """Ranges of ``size`` samples; ``offset`` = index of the tar the range starts in, ``line`` =
+        the sample's index inside it."""
+        ranges: List[RecordRange] = []
+        total = 0
+        for t, tar_path in enumerate(self.tars):
+            count = self._sample_count(tar_path)
+            first = -total % size  # the first sample of this tar that starts a range
+            for within in range(first, count, size):
+                ranges.append(RecordRange(total + within, 0, t, within))
+            total += count
+        return [RecordRange(r.start, min(size, total - r.start), r.offset, r.line) for r in ranges]
+
+    def read_range(self, rng: RecordRange) -> Iterator[Record]:
+        left, skip = rng.count, rng.line
+        for tar_path in self.tars[rng.offset:]:
+            for record in self._records(tar_path):
+                if skip:
+                    skip -= 1
+                    continue
+                if left == 0:
+                    return
+                yield record
+                left -= 1
+            if left == 0:
+                return
 
 
 def _build(path: Path, options: object) -> Img2DatasetReader:

@@ -8,8 +8,9 @@ A :class:`RecordRange` is ``count`` consecutive records of one input starting at
   streaming pass that records the byte offset of every ``size``-th record (a sparse index);
 - ``read_range(rng) -> Iterator[Record]``: the records of one range, read from its offset.
 
-Readers over a listing (folders, COCO, img2dataset, image folders) need neither: the fallback
-counts their records and reads a range by skipping to it in their (cheap, path-only) iteration.
+The listing readers (folders, image folders, COCO) list once per reader and slice the listing;
+img2dataset counts each tar's samples and starts a range at (tar, sample). A reader with neither
+method still works: the fallback counts its records and reads a range by skipping to it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from data_prep.readers.base import Record
 @dataclass(frozen=True)
 class RecordRange:
     """Records ``start`` .. ``start + count - 1`` of an input; ``offset`` / ``line``: where the
-    first of them begins in a text file (byte offset, line number), for readers that seek."""
+    first of them is, for readers that seek (CSV/JSONL: byte offset and line number; img2dataset:
+    tar index and sample index in that tar)."""
 
     start: int
     count: int
