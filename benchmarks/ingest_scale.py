@@ -6,10 +6,12 @@ encode, tar), so the table can hold millions of records without millions of file
 sampled every 0.1 s over the ingest's process tree (psutil): ``peak_rss_total_mb`` is the largest
 sum of the tree's resident sets (shared pages counted per process: an upper bound),
 ``peak_rss_max_process_mb`` the largest single process. What grows with the number of records
-would show here: before chunked ingest the plan held every record.
+would show here: before chunked ingest the plan held every record. Each run's output is deleted
+once measured (200,000 records write 2.4 GB), so the temp folder holds one output at a time;
+``--truncate-shards`` also empties each shard as soon as its chunk's done marker is written.
 
     python benchmarks/ingest_scale.py                          # 200,000 records, 1 and 2 workers
-    python benchmarks/ingest_scale.py --records 2000000 --workers 2
+    python benchmarks/ingest_scale.py --records 2000000 --truncate-shards   # ~24 GB of shards otherwise
 
 No anchor: img2dataset downloads from the web, which these machines cannot. Last line: one JSON
 object with the figures per worker count.
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,26 +77,49 @@ def tree_rss(proc: psutil.Process) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
-def run(table: Path, out: Path, workers: int, shard_samples: int) -> dict:
+def truncate_done_shards(out: Path, seen: dict[str, int]) -> None:
+    """Empty the shards of every chunk whose done marker is written (their bytes recorded in
+    ``seen``): the disk then holds only the shards in flight. The ingest's work is unchanged."""
+    for marker in (out / "ingest_state").glob("*.json"):
+        if marker.name in seen or marker.name.startswith("part-"):
+            continue
+        try:
+            state = json.loads(marker.read_text())
+        except (OSError, ValueError):  # being renamed into place
+            continue
+        for shard in state["shards"]:
+            os.truncate(out / shard, 0)
+        seen[marker.name] = state["bytes"]
+
+
+def run(table: Path, out: Path, workers: int, shard_samples: int, truncate: bool = False) -> dict:
     cmd = [sys.executable, "-m", "data_prep", "ingest", "--input", str(table), "--output", str(out),
            "--workers", str(workers), "--shard-samples", str(shard_samples), "--no-progress"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     peak_total = peak_max = 0
+    truncated: dict[str, int] = {}
+    polls = 0
     while proc.poll() is None:
         total, largest = tree_rss(ps)
         peak_total, peak_max = max(peak_total, total), max(peak_max, largest)
+        polls += 1
+        if truncate and polls % 20 == 0:
+            truncate_done_shards(out, truncated)
         time.sleep(0.1)
     seconds = time.perf_counter() - started
     stdout, stderr = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"ingest failed ({proc.returncode}): {stderr[-2000:]}")
     stats = json.loads((out / "stats.json").read_text())
+    if truncate:  # the shards emptied while the ingest ran: their bytes from the markers
+        stats["bytes"] = sum(json.loads(m.read_text())["bytes"] for m in (out / "ingest_state").glob("shard-*.json"))
+    shutil.rmtree(out)  # a 2M-record output is ~24 GB: one run's output on disk at a time
     return {"workers": workers, "records": stats["input_records"], "samples_written": stats["samples_written"],
             "seconds": round(seconds, 1), "samples_per_s": round(stats["samples_written"] / seconds, 1),
             "peak_rss_total_mb": round(peak_total / 2**20, 1), "peak_rss_max_process_mb": round(peak_max / 2**20, 1),
-            "shards": stats["shards"]}
+            "shards": stats["shards"], "output_mb": round(stats["bytes"] / 2**20, 1)}
 
 
 def main() -> None:
@@ -100,6 +127,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--shard-samples", type=int, default=10_000)
+    parser.add_argument("--truncate-shards", action="store_true",
+                        help="empty each shard once its chunk is done (for runs larger than the free disk: "
+                             "2M records write ~24 GB); the ingest does the same work")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vlp-ingest-scale-") as tmp:
         root = Path(tmp)
@@ -108,7 +138,7 @@ def main() -> None:
         print(f"table: {args.records} records, {table.stat().st_size / 2**20:.1f} MB, {time.perf_counter() - t:.1f} s")
         results = []
         for workers in args.workers:
-            result = run(table, root / f"out-{workers}", workers, args.shard_samples)
+            result = run(table, root / f"out-{workers}", workers, args.shard_samples, args.truncate_shards)
             print(result)
             results.append(result)
     print(json.dumps({"benchmark": "ingest_scale", "records": args.records, "runs": results,
