@@ -94,8 +94,7 @@ def finalize(opts: IngestOptions, *, tasks: list[ChunkTask] | None = None, writt
             if gone:
                 _drop_samples(out / shard, gone)
                 skipped["duplicate"] += len(gone)
-            if count > len(gone):
-                sizes[shard] = count - len(gone)
+            sizes[shard] = count - len(gone)  # a shard dedup emptied stays (an empty tar), listed with 0
     write_sizes_json(out, sizes)
     classnames = shared_classnames(inputs)
     if classnames is not None:

@@ -174,6 +174,17 @@ def test_a_deduplicated_shard_is_the_shard_of_its_kept_samples(tmp_path: Path) -
     assert shard.read_bytes() == buffer.getvalue()
 
 
+def test_a_shard_that_dedup_empties_stays_listed_with_zero(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    write_image(root / "a.jpg", 1)
+    (root / "t.csv").write_text("image,caption\n" + "".join(f"a.jpg,c{i}\n" for i in range(4)))
+    stats = run_ingest(IngestOptions(inputs=[str(root / "t.csv")], output=str(tmp_path / "out"), shard_samples=2,
+                                     dedup=True), progress=False)
+    assert stats["samples_written"] == 1 and stats["skipped"] == {"duplicate": 3}
+    assert json.loads((tmp_path / "out" / "sizes.json").read_text()) == {"shard-000000.tar": 1, "shard-000001.tar": 0}
+    assert read_tar_members(tmp_path / "out" / "shard-000001.tar") == {}
+
+
 def test_an_input_changed_between_parts_is_refused_by_name(tmp_path: Path) -> None:
     from data_prep.ingest import IngestError
 
