@@ -1,20 +1,26 @@
 """``vlp-prep dedup``: near-duplicate removal over image embeddings from a trained checkpoint.
 
 Pass 1 embeds every image of the input shards (in shard order, then tar order) with the model's
-L2-normalised ``encode_image``. faiss ``IndexFlatIP.range_search`` finds, for every image, the
-images whose cosine similarity exceeds ``threshold``. Going through the samples in order, a sample
-is kept unless an earlier *kept* sample is its near-duplicate, so the first of each group stays and
-no two kept samples are near-duplicates. Pass 2 copies the kept samples' tar members unchanged
-into new shards (atomic, via ShardWriter) and writes sizes.json, stats.json and duplicates.json
-({removed key: kept key it duplicates}). Samples whose image cannot be decoded are dropped and
-counted as ``unreadable_image``.
+L2-normalised ``encode_image``, writing the float32 embeddings batch by batch to a temporary file
+in the output folder (4 * D bytes each; read back as a memmap, removed at the end), so what stays
+in memory is the search's index plus one batch. :mod:`data_prep.dedup_search` then finds the
+pairs whose cosine similarity exceeds ``threshold``, exactly (faiss ``IndexFlatIP``) or, past
+``IndexOptions.exact_max`` embeddings or with ``--index ivf``, with an IVF index (8-bit
+scalar-quantised lists, trained on a random sample) filled and queried in batches. Going through
+the samples in order, a sample is kept unless an earlier *kept* sample is its near-duplicate, so
+the first of each group stays and no two kept samples are near-duplicates. Pass 2 copies the kept
+samples' tar members unchanged into new shards (atomic, via ShardWriter) and writes sizes.json,
+stats.json (with the index used) and duplicates.json ({removed key: kept key it duplicates}).
+Samples whose image cannot be decoded are dropped and counted as ``unreadable_image``.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +29,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep.dedup_options import IndexOptions
+from data_prep.dedup_search import find_near_duplicates
 from data_prep.shard_writer import ShardWriter
 from vlp.utils.atomic import write_json_atomic
 
@@ -67,73 +75,72 @@ def _image_bytes(sample: dict[str, Any]) -> bytes | None:
 
 
 def embed_shards(paths: list[Path], loaded: Any, batch_size: int = 64, device: str = "cpu",
-                 progress: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
-    """(keys of decodable samples, their float32 embeddings [N, D], keys that did not decode)."""
+                 progress: bool = False, spill: Path | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """(keys of decodable samples, their float32 embeddings [N, D], keys that did not decode).
+
+    With ``spill`` the embeddings are appended to that file batch by batch and returned as a
+    read-only ``np.memmap`` over it (the caller removes the file); else they are held in memory."""
     import torch
 
     keys: list[str] = []
     bad: list[str] = []
     chunks: list[np.ndarray] = []
     batch: list[Any] = []
+    dim = [0]
+    sink = open(spill, "wb") if spill is not None else None
 
     def flush() -> None:
         if batch:
             with torch.no_grad():
                 emb = loaded.model.encode_image(torch.stack(batch).to(device))
-            chunks.append(emb.float().cpu().numpy())
+            block = np.ascontiguousarray(emb.float().cpu().numpy(), dtype=np.float32)
+            dim[0] = block.shape[1]
+            if sink is not None:
+                sink.write(block.tobytes())
+            else:
+                chunks.append(block)
             batch.clear()
 
-    for sample in tqdm(iter_samples(paths), desc="embed", unit="img", disable=not progress):
-        data = _image_bytes(sample)
-        try:
-            if data is None:
-                raise OSError("no image member")
-            with Image.open(io.BytesIO(data)) as im:
-                batch.append(loaded.image_transform(im.convert("RGB")))
-        except Exception:  # any undecodable image is counted, never fatal
-            bad.append(sample["__key__"])
-            continue
-        keys.append(sample["__key__"])
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    dim = chunks[0].shape[1] if chunks else 1
-    emb = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return keys, np.ascontiguousarray(emb, dtype=np.float32), bad
+    try:
+        for sample in tqdm(iter_samples(paths), desc="embed", unit="img", disable=not progress):
+            data = _image_bytes(sample)
+            try:
+                if data is None:
+                    raise OSError("no image member")
+                with Image.open(io.BytesIO(data)) as im:
+                    batch.append(loaded.image_transform(im.convert("RGB")))
+            except Exception:  # any undecodable image is counted, never fatal
+                bad.append(sample["__key__"])
+                continue
+            keys.append(sample["__key__"])
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    finally:
+        if sink is not None:
+            sink.close()
+    if not keys:
+        return keys, np.zeros((0, 1), np.float32), bad
+    if spill is not None:
+        return keys, np.memmap(spill, dtype=np.float32, mode="r", shape=(len(keys), dim[0])), bad
+    return keys, np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32), bad
 
 
-def near_duplicates(emb: np.ndarray, threshold: float, query_batch: int = 4096) -> dict[int, int]:
+def near_duplicates(emb: np.ndarray, threshold: float, index: IndexOptions | None = None) -> dict[int, int]:
     """{removed index: index of the earlier kept sample it duplicates} (cosine > threshold)."""
-    import faiss
-
-    n = emb.shape[0]
-    if n == 0:
-        return {}
-    index = faiss.IndexFlatIP(emb.shape[1])
-    index.add(emb)
-    neighbours: list[np.ndarray] = []
-    for start in range(0, n, query_batch):
-        lims, _, ids = index.range_search(emb[start:start + query_batch], float(threshold))
-        neighbours.extend(ids[lims[i]:lims[i + 1]] for i in range(len(lims) - 1))
-    removed: dict[int, int] = {}
-    for i in range(n):
-        if i in removed:
-            continue
-        for j in neighbours[i]:
-            j = int(j)
-            if j > i and j not in removed:
-                removed[j] = i
-    return removed
+    return find_near_duplicates(emb, threshold, index)[0]
 
 
 def run_dedup(shards: str | Path, model: str | Path, output: str | Path, threshold: float = 0.95, *,
               shard_samples: int = 10_000, batch_size: int = 64, device: str = "cpu",
-              overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+              overwrite: bool = False, progress: bool = True, index: IndexOptions | None = None) -> dict[str, Any]:
     """Remove near-duplicates from ``shards`` into ``output``; returns the stats written."""
     from vlp.interop.vlp_files import load_model
 
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    index = index or IndexOptions()
+    index.validate()
     started = time.monotonic()
     paths = shard_paths(shards)
     out = Path(output)
@@ -150,8 +157,15 @@ def run_dedup(shards: str | Path, model: str | Path, output: str | Path, thresho
         why = "not a torch checkpoint file" if isinstance(err, (pickle.UnpicklingError, EOFError)) else \
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise ValueError(f"--model {model}: cannot load it as a vlp run directory or checkpoint ({why})") from None
-    keys, emb, bad = embed_shards(paths, loaded, batch_size, device, progress)
-    removed = near_duplicates(emb, threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    handle, spill = tempfile.mkstemp(prefix=".dedup-embeddings-", suffix=".f32", dir=out)
+    os.close(handle)
+    try:
+        keys, emb, bad = embed_shards(paths, loaded, batch_size, device, progress, spill=Path(spill))
+        removed, plan = find_near_duplicates(emb, threshold, index, progress)
+        del emb
+    finally:
+        Path(spill).unlink(missing_ok=True)
     drop = {keys[j] for j in removed} | set(bad)
     with ShardWriter(out, "shard-%06d.tar", max_count=shard_samples) as writer:
         for sample in iter_samples(paths):
@@ -165,6 +179,7 @@ def run_dedup(shards: str | Path, model: str | Path, output: str | Path, thresho
         "near_duplicates_removed": len(removed),
         "skipped": {"unreadable_image": len(bad)} if bad else {},
         "threshold": threshold,
+        "index": plan.to_dict(),
         "model": str(loaded.name),
         "shards": len(writer.sizes),
         "bytes": sum((out / name).stat().st_size for name in writer.sizes),
