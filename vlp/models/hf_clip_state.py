@@ -38,18 +38,33 @@ def _layers(state: Mapping[str, torch.Tensor], tower: str) -> list:
     return sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
 
 
+class StateTaker:
+    """Entries of ``state`` taken by name for an exact layout mapping: a missing one is a
+    ValueError ('not WHAT: no KEY'), and :meth:`check_all_taken` refuses any entry left over."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], what: str) -> None:
+        self.state, self.what = state, what
+        self.used: set = set()
+
+    def __call__(self, key: str) -> torch.Tensor:
+        if key not in self.state:
+            raise ValueError(f"not {self.what}: no {key!r}")
+        self.used.add(key)
+        return self.state[key]
+
+    def check_all_taken(self, message: str) -> None:
+        """ValueError ``message: [the first keys left]`` when some entry was not taken."""
+        left = sorted(set(self.state) - self.used)
+        if left:
+            raise ValueError(f"{message}: {left[:6]}")
+
+
 def open_clip_state_from_hf_clip(hf_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """open_clip's CLIP state dict from a transformers CLIPModel's; ValueError naming the keys it
     lacks or cannot place (another model class, e.g. a CLIP variant with other parts)."""
     state = {k: v for k, v in hf_state.items() if not k.endswith("position_ids")}  # a buffer older files saved
     out: Dict[str, torch.Tensor] = {}
-    used = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in state:
-            raise ValueError(f"not a transformers CLIPModel state dict: no {key!r}")
-        used.add(key)
-        return state[key]
+    take = StateTaker(state, "a transformers CLIPModel state dict")
 
     for src, dst in _RENAMES.items():
         if src in state or src != "logit_scale":
@@ -63,9 +78,7 @@ def open_clip_state_from_hf_clip(hf_state: Mapping[str, torch.Tensor]) -> Dict[s
                 out[f"{dst}attn.in_proj_{kind}"] = torch.cat([take(f"{src}self_attn.{n}_proj.{kind}") for n in "qkv"])
                 for part, theirs in LAYER_PARTS.items():
                     out[f"{dst}{theirs}.{kind}"] = take(f"{src}{part}.{kind}")
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"transformers CLIP weights with parts open_clip's CLIP has no place for: {left[:6]}")
+    take.check_all_taken("transformers CLIP weights with parts open_clip's CLIP has no place for")
     return out
 
 
@@ -81,13 +94,7 @@ def hf_clip_state_from_open_clip(state: Mapping[str, torch.Tensor]) -> Dict[str,
     causal text tower): the inverse of :func:`open_clip_state_from_hf_clip`. ValueError naming the
     keys it lacks or has no place for (e.g. an attentional pooler, a ResNet tower, a logit bias)."""
     out: Dict[str, torch.Tensor] = {}
-    used = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in state:
-            raise ValueError(f"not open_clip's CLIP state dict (ViT and text transformer): no {key!r}")
-        used.add(key)
-        return state[key]
+    take = StateTaker(state, "open_clip's CLIP state dict (ViT and text transformer)")
 
     for theirs, ours in _RENAMES.items():
         if ours in state or ours != "logit_scale":
@@ -103,7 +110,5 @@ def hf_clip_state_from_open_clip(state: Mapping[str, torch.Tensor]) -> Dict[str,
                     out[f"{dst}self_attn.{name}_proj.{kind}"] = part
                 for theirs, part in LAYER_PARTS.items():
                     out[f"{dst}{theirs}.{kind}"] = take(f"{src}{part}.{kind}")
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"open_clip weights with parts transformers' CLIPModel has no place for: {left[:6]}")
+    take.check_all_taken("open_clip weights with parts transformers' CLIPModel has no place for")
     return out

@@ -29,7 +29,7 @@ from typing import Dict, Mapping
 
 import torch
 
-from vlp.models.hf_clip_state import LAYER_PARTS, split_in_proj
+from vlp.models.hf_clip_state import LAYER_PARTS, StateTaker, split_in_proj
 
 _VISION = "vision_model."
 _TRUNK = "visual.trunk."
@@ -55,13 +55,7 @@ def hf_siglip_state_from_open_clip(state: Mapping[str, torch.Tensor]) -> Dict[st
     ValueError naming the keys it lacks or has no place for. A state without ``logit_bias`` gets a
     zero bias (SiglipModel always has one; a zero adds nothing to its logits)."""
     out: Dict[str, torch.Tensor] = {}
-    used = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in state:
-            raise ValueError(f"not open_clip's SigLIP state dict (timm MAP ViT and text transformer): no {key!r}")
-        used.add(key)
-        return state[key]
+    take = StateTaker(state, "open_clip's SigLIP state dict (timm MAP ViT and text transformer)")
 
     out[f"{_VISION}embeddings.patch_embedding.weight"] = take(f"{_TRUNK}patch_embed.proj.weight")
     out[f"{_VISION}embeddings.patch_embedding.bias"] = take(f"{_TRUNK}patch_embed.proj.bias")
@@ -94,7 +88,5 @@ def hf_siglip_state_from_open_clip(state: Mapping[str, torch.Tensor]) -> Dict[st
     out["logit_scale"] = scale.reshape(1).clone()
     bias = take("logit_bias") if "logit_bias" in state else torch.zeros((), dtype=scale.dtype)
     out["logit_bias"] = bias.reshape(1).clone()
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"open_clip SigLIP weights with parts transformers' SiglipModel has no place for: {left[:6]}")
+    take.check_all_taken("open_clip SigLIP weights with parts transformers' SiglipModel has no place for")
     return out
